@@ -1,0 +1,33 @@
+# lavise-nb: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= outputs
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test quality bench clean-outputs
+
+setup: $(STAMP)
+
+# torch and torchvision are installed in one pip call so they resolve to a matching pair.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch>=2.1" "torchvision>=0.16" -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --output-dir $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+quality: $(STAMP)
+	$(PY) scripts/quality.py --output-dir $(OUT)/quality
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py --output-dir $(OUT)/bench
+
+clean-outputs:
+	rm -rf $(OUT)

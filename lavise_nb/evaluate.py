@@ -1,0 +1,236 @@
+"""The paper's objective metric made precise, with its baselines.
+
+Ground truth for filter u and top image i: the concepts whose mask has IoU above a
+threshold (0.04) with u's upsampled, thresholded activation region in i. Recall@k:
+|G_ui ∩ W[:k]| / |G_ui|, averaged over (filter, image) pairs with a non-empty G.
+``words_from="filter"`` uses the filter's aggregated words W_u; ``words_from="image"``
+uses that image's own ranked words W_ui.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ._progress import progress
+
+__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "network_dissection",
+           "RECALL_COLUMNS"]
+
+RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", "k", "recall", "pairs"]
+
+
+def _regions(store, images: np.ndarray, filters: np.ndarray, size: int) -> torch.Tensor:
+    """Thresholded, upsampled activation regions; (P, size * size) bool."""
+    maps = store.features(images)[torch.arange(len(images)), torch.from_numpy(filters)]
+    up = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return (up > torch.from_numpy(store.thresholds[filters])[:, None, None]).flatten(1)
+
+
+def ground_truth(store, pairs: pd.DataFrame, iou_threshold: float = 0.04, chunk: int = 256,
+                 show_progress: bool = False) -> pd.DataFrame:
+    """IoU of every (filter, image) pair's region with every mask of that image.
+
+    Parameters
+    ----------
+    store : ActivationStore
+    pairs : pandas.DataFrame
+        Columns ``filter`` and ``image``.
+    iou_threshold : float
+        Concepts with IoU above it are ground truth.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``filter, image, concept, iou`` for IoU > ``iou_threshold``.
+    """
+    objects = store.objects
+    by_image = objects.groupby("image")["object"].apply(np.asarray).to_dict()
+    size = store.image_size
+    out = []
+    for start in progress(range(0, len(pairs), chunk), enabled=show_progress, desc="ground truth"):
+        part = pairs.iloc[start:start + chunk]
+        images, filters = part["image"].to_numpy(), part["filter"].to_numpy()
+        regions = _regions(store, images, filters, size)
+        pair_rows, object_rows = [], []
+        for row, image in enumerate(images):
+            for obj in by_image.get(int(image), ()):
+                pair_rows.append(row)
+                object_rows.append(obj)
+        if not object_rows:
+            continue
+        unique, inverse = np.unique(object_rows, return_inverse=True)
+        masks = store.object_masks(unique).flatten(1)
+        pair_rows = torch.as_tensor(pair_rows)
+        inverse = torch.from_numpy(inverse)
+        inter = torch.zeros(len(pair_rows))
+        for s in range(0, len(pair_rows), 512):
+            r, m = regions[pair_rows[s:s + 512]], masks[inverse[s:s + 512]]
+            inter[s:s + 512] = (r & m).sum(1).float()
+        union = regions.sum(1).float()[pair_rows] + masks.sum(1).float()[inverse] - inter
+        iou = (inter / union.clamp_min(1)).numpy()
+        keep = iou > iou_threshold
+        out.append(pd.DataFrame({
+            "filter": filters[pair_rows.numpy()[keep]], "image": images[pair_rows.numpy()[keep]],
+            "concept": objects["concept"].to_numpy()[unique[inverse.numpy()[keep]]], "iou": iou[keep],
+        }))
+    if not out:
+        return pd.DataFrame(columns=["filter", "image", "concept", "iou"])
+    table = pd.concat(out, ignore_index=True)
+    return table.groupby(["filter", "image", "concept"], as_index=False)["iou"].max()
+
+
+def recall(truth: pd.DataFrame, words: pd.DataFrame, ks=(5, 10, 20), by=("filter",)) -> pd.DataFrame:
+    """Recall@k of ranked words against ground truth.
+
+    Parameters
+    ----------
+    truth : pandas.DataFrame
+        ``filter, image, concept`` rows (the ground truth G).
+    words : pandas.DataFrame
+        Ranked words with columns ``by + ("rank", "word")``; ``by=("filter",)`` for
+        the filter's words, ``("filter", "image")`` for per-image words.
+    ks : tuple of int
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``k, recall, pairs`` (pairs = (filter, image) pairs with non-empty G).
+    """
+    by = list(by)
+    ranked = words.dropna(subset=["word"]).sort_values(by + ["rank"])
+    lists = ranked.groupby(by)["word"].apply(list).to_dict()
+    truth_sets = truth.groupby(["filter", "image"])["concept"].apply(set)
+    rows = []
+    for k in ks:
+        values = []
+        for (f, i), concepts in truth_sets.items():
+            key = f if by == ["filter"] else (f, i)
+            top = set(lists.get(key, [])[:k])
+            values.append(len(concepts & top) / len(concepts))
+        rows.append(dict(k=k, recall=float(np.mean(values)) if values else np.nan, pairs=len(values)))
+    return pd.DataFrame(rows)
+
+
+class RecallEvaluator:
+    """Recall@k of explanations, split by seen/unseen concepts and object/stuff ground truth.
+
+    Parameters
+    ----------
+    store : ActivationStore
+    seen, unseen : list of str
+        The mapper's concept split.
+    stuff : iterable of str
+        Background ("stuff") concepts, reported apart from objects.
+    iou_threshold : float
+    ks : tuple of int
+    """
+
+    def __init__(self, store, seen, unseen, stuff=(), iou_threshold: float = 0.04, ks=(5, 10, 20),
+                 show_progress: bool = False):
+        self.store, self.seen, self.unseen = store, set(seen), set(unseen)
+        self.stuff = set(stuff)
+        self.iou_threshold, self.ks, self.show_progress = iou_threshold, tuple(ks), show_progress
+        self._truth: dict = {}
+
+    def truth(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Ground truth for these pairs (cached by the pairs' content)."""
+        key = hash(pairs[["filter", "image"]].to_numpy().tobytes())
+        if key not in self._truth:
+            self._truth[key] = ground_truth(self.store, pairs[["filter", "image"]], self.iou_threshold,
+                                            show_progress=self.show_progress)
+        return self._truth[key]
+
+    def evaluate(self, explanations: pd.DataFrame, image_words: pd.DataFrame | None, pairs: pd.DataFrame,
+                 method: str, model: str = "") -> pd.DataFrame:
+        """Tidy recall table (columns :data:`RECALL_COLUMNS`) for one method's words."""
+        truth = self.truth(pairs)
+        grounds = {"objects": ~truth["concept"].isin(self.stuff), "stuff": truth["concept"].isin(self.stuff),
+                   "all": pd.Series(True, index=truth.index)}
+        subsets = {"all": None, "seen": self.seen, "unseen": self.unseen}
+        sources = {"filter": (explanations, ("filter",))}
+        if image_words is not None:
+            sources["image"] = (image_words, ("filter", "image"))
+        rows = []
+        for ground, ground_mask in grounds.items():
+            for subset, names in subsets.items():
+                part = truth[ground_mask] if names is None else truth[ground_mask & truth["concept"].isin(names)]
+                for source, (words, by) in sources.items():
+                    table = recall(part, words, self.ks, by)
+                    table = table.assign(model=model, layer=self.store.layer, method=method, words_from=source,
+                                         ground=ground, subset=subset)
+                    rows.append(table)
+        return pd.concat(rows, ignore_index=True)[RECALL_COLUMNS]
+
+    def discovered(self, explanations: pd.DataFrame, pairs: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+        """Unseen concepts among a filter's top-k words that are ground truth for it."""
+        truth = self.truth(pairs)
+        truth = truth[truth["concept"].isin(self.unseen)][["filter", "concept"]].drop_duplicates()
+        top = explanations[(explanations["rank"] >= 1) & (explanations["rank"] <= k)]
+        hits = top.merge(truth, left_on=["filter", "word"], right_on=["filter", "concept"])
+        return hits[["filter", "word", "rank", "votes"]].sort_values(["filter", "rank"]).reset_index(drop=True)
+
+
+def frequency_baseline(store, pairs: pd.DataFrame, top_words: int = 20) -> pd.DataFrame:
+    """A constant explanation: the reference set's most frequent concepts, for every filter.
+
+    Frequency = number of images with a mask of the concept. Returns an explanation
+    table (``filter, rank, word``) with the same words for every filter in ``pairs``.
+    """
+    counts = store.objects.groupby("concept")["image"].nunique().sort_values(ascending=False, kind="stable")
+    words = counts.index[:top_words].tolist()
+    filters = np.unique(pairs["filter"].to_numpy())
+    return pd.DataFrame({
+        "filter": np.repeat(filters, len(words)), "rank": np.tile(np.arange(1, len(words) + 1), len(filters)),
+        "word": np.tile(words, len(filters)),
+    })
+
+
+def network_dissection(store, size: int = 56, top_words: int = 20, batch_images: int = 64,
+                       show_progress: bool = False) -> pd.DataFrame:
+    """Network Dissection labels: per filter, concepts ranked by dataset-wide IoU.
+
+    IoU_{u,c} = sum_i |R_ui ∩ M_ic| / sum_i |R_ui ∪ M_ic| over every image of the
+    store, with R the thresholded activation region and M the concept mask, both
+    at ``size x size`` (regions upsampled bilinearly, masks area-averaged then
+    thresholded at 0.5).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``filter, rank, word, iou`` (``top_words`` concepts per filter, best first).
+    """
+    n, c, h, w = store.shape
+    concepts = store.concepts
+    concept_index = {name: i for i, name in enumerate(concepts)}
+    objects = store.objects
+    inter = torch.zeros(c, len(concepts))
+    region_sum = torch.zeros(c)
+    mask_sum = torch.zeros(len(concepts))
+    thresholds = torch.from_numpy(store.thresholds)[None, :, None, None]
+    by_image = objects.groupby("image")
+    object_groups = {int(k): v for k, v in by_image}
+    valid = np.flatnonzero(store.valid)
+    for start in progress(range(0, len(valid), batch_images), enabled=show_progress, desc="dissection"):
+        images = valid[start:start + batch_images]
+        maps = F.interpolate(store.features(images), size=(size, size), mode="bilinear", align_corners=False)
+        regions = (maps > thresholds).flatten(2).float()
+        region_sum += regions.sum(dim=(0, 2))
+        for local, image in enumerate(images):
+            rows = object_groups.get(int(image))
+            if rows is None:
+                continue
+            full = store.object_masks(rows["object"].to_numpy()).float()[:, None]
+            masks = (F.adaptive_avg_pool2d(full, (size, size))[:, 0] > 0.5).flatten(1).float()
+            idx = torch.as_tensor([concept_index[x] for x in rows["concept"]])
+            inter.index_add_(1, idx, regions[local] @ masks.T)
+            mask_sum.index_add_(0, idx, masks.sum(1))
+    iou = inter / (region_sum[:, None] + mask_sum[None, :] - inter).clamp_min(1)
+    k = min(top_words, len(concepts))
+    top = iou.topk(k, dim=1)
+    return pd.DataFrame({
+        "filter": np.repeat(np.arange(c), k), "rank": np.tile(np.arange(1, k + 1), c),
+        "word": np.asarray(concepts, dtype=object)[top.indices.reshape(-1).numpy()],
+        "iou": top.values.reshape(-1).numpy(),
+    })

@@ -1,0 +1,286 @@
+"""Explaining filters with words: LaViSE's filter attention and the paper's baselines.
+
+:class:`FilterExplainer` is configured once (store, trained mapper, word space,
+vocabulary, method) and its one verb, :meth:`FilterExplainer.explain`, names every
+requested filter in a tidy DataFrame. All filters of a layer are explained from the
+activation store with tensor operations; only ``method="image_masking"`` runs the
+network again (batched).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ._progress import progress
+from .mapper import pool_features
+from .probe import LayerProbe, resolve_device
+
+__all__ = ["FilterExplainer", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS"]
+
+METHODS = ("attention", "activation_masking", "image_masking", "original")
+EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images", "method", "note"]
+IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
+                      "method"]
+
+
+class FilterExplainer:
+    """Name a layer's filters with the nearest words of a vocabulary.
+
+    Parameters
+    ----------
+    store : ActivationStore
+        Reference activations (top images and thresholds come from here).
+    mapper : Mapper
+        The trained explainer head for this store's model and layer.
+    space : WordSpace
+        The word space the mapper was trained into.
+    vocabulary : Vocabulary or list of str or "concepts", optional
+        Candidate words. Default: the word space's default concept vocabulary plus
+        every annotated concept. ``"concepts"``: the annotated concepts only.
+    method : {"attention", "activation_masking", "image_masking", "original"}
+        ``"attention"`` is LaViSE's filter attention. ``"activation_masking"`` pools
+        the maps under 1[A_u > T_u]; ``"image_masking"`` zeroes image pixels where
+        the upsampled A_u <= T_u and runs the model again (needs ``model`` and
+        ``dataset``); ``"original"`` pools the whole map.
+    attention : {"paper", "code"}
+        ``"paper"``: F_k^att = cos(F_u, F_k) F_k, then GAP (the paper's equation).
+        ``"code"``: e_k = mean_ij(F_k * F_u / ||F_u||) (the authors' released code).
+    p : int
+        Top images per filter (by max activation).
+    s : int
+        Words each image votes for.
+    image_k : int
+        Words kept per (filter, image) in :meth:`image_words` (at least ``s``).
+    top_words : int
+        Words returned per filter.
+    calibrated : bool or float
+        Subtract the mapper's calibrated-stacking ``gamma`` (or this float) from
+        seen-concept scores before ranking; False ranks raw cosines.
+    model, dataset : optional
+        Needed only for ``method="image_masking"``.
+    device : str
+    """
+
+    def __init__(self, store, mapper, space, vocabulary=None, *, method: str = "attention",
+                 attention: str = "paper", p: int = 25, s: int = 5, top_words: int = 10,
+                 calibrated=True, model=None, dataset=None, device="cpu", batch_pairs: int = 1024,
+                 image_k: int = 20, show_progress: bool = False):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        if attention not in ("paper", "code"):
+            raise ValueError(f"attention must be 'paper' or 'code', not {attention!r}")
+        if method == "image_masking" and (model is None or dataset is None):
+            raise ValueError("method='image_masking' runs the network again: pass model= and dataset=")
+        mapper.check(store, space)
+        self.store, self.mapper, self.space = store, mapper, space
+        self.method, self.attention, self.p, self.s, self.top_words = method, attention, p, s, top_words
+        self.image_k = max(s, image_k)
+        self.model, self.dataset = model, dataset
+        self.device = resolve_device(device)
+        self.batch_pairs = batch_pairs
+        self.show_progress = show_progress
+        self.gamma = float(mapper.gamma if calibrated is True else (calibrated or 0.0))
+        self.words, self.vectors = self._candidates(vocabulary)
+        seen, unseen = set(mapper.seen), set(mapper.unseen)
+        self.kinds = np.array(["seen" if w in seen else "unseen" if w in unseen else "zero-shot"
+                               for w in self.words])
+        self._bias = torch.from_numpy((self.kinds == "seen") * self.gamma).float()
+        self._cache: dict = {}
+
+    def _candidates(self, vocabulary) -> tuple[list, torch.Tensor]:
+        concepts = self.space.embed(self.mapper.concepts, missing="skip")
+        if isinstance(vocabulary, str) and vocabulary == "concepts":
+            words, vectors = list(concepts.names), np.asarray(concepts.vectors)
+        else:
+            if vocabulary is None:
+                from .words import Vocabulary
+                vocabulary = Vocabulary.default(self.space)
+            elif isinstance(vocabulary, (list, tuple)):
+                from .words import Vocabulary
+                vocabulary = Vocabulary.from_words(self.space, list(vocabulary))
+            known = set(vocabulary.words)
+            extra = [i for i, name in enumerate(concepts.names) if name not in known]
+            words = list(vocabulary.words) + [concepts.names[i] for i in extra]
+            vectors = np.concatenate([np.asarray(vocabulary.vectors), np.asarray(concepts.vectors)[extra]])
+        return words, torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    # ------------------------------------------------------------------ features
+    def pairs(self, filters=None) -> pd.DataFrame:
+        """The (filter, image) pairs that carry evidence: top-p images with max activation > 0."""
+        filters = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
+        top = self.store.top_indices(self.p, filters)
+        maxima = np.asarray(self.store.maxima)
+        table = pd.DataFrame({
+            "filter": np.repeat(filters, top.shape[1]),
+            "image": top.reshape(-1),
+        })
+        table["activation"] = maxima[table["image"], table["filter"]].astype(np.float32)
+        return table[table["activation"] > 0].reset_index(drop=True)
+
+    def pair_features(self, pairs: pd.DataFrame) -> torch.Tensor:
+        """Pooled features of each (filter, image) pair under the chosen method; (P, C)."""
+        out = torch.zeros(len(pairs), self.store.shape[1])
+        thresholds = torch.from_numpy(self.store.thresholds)
+        chunks = range(0, len(pairs), self.batch_pairs)
+        for start in progress(chunks, enabled=self.show_progress, desc=f"features ({self.method})"):
+            part = pairs.iloc[start:start + self.batch_pairs]
+            filters = torch.from_numpy(part["filter"].to_numpy())
+            if self.method == "image_masking":
+                out[start:start + len(part)] = self._image_masking(part, filters, thresholds)
+                continue
+            maps = self.store.features(part["image"].to_numpy()).to(self.device)
+            out[start:start + len(part)] = self._from_maps(maps, filters.to(self.device),
+                                                           thresholds.to(self.device)).cpu()
+        return out
+
+    def _from_maps(self, maps: torch.Tensor, filters: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+        """maps (P, C, h, w), filters (P,) -> pooled (P, C)."""
+        flat = maps.flatten(2)
+        own = flat[torch.arange(len(filters)), filters]
+        mean = flat.mean(2)
+        if self.method == "original":
+            return mean
+        if self.method == "activation_masking":
+            region = (own > thresholds[filters][:, None]).float().view(-1, *maps.shape[2:])
+            return pool_features(maps, region, self.mapper.config.get("pooling", "mass"))
+        if self.attention == "paper":
+            weights = torch.einsum("pcs,ps->pc", F.normalize(flat, dim=2), F.normalize(own, dim=1))
+            return weights * mean
+        return torch.einsum("pcs,ps->pc", flat, own) / own.norm(dim=1).clamp_min(1e-6)[:, None] / flat.shape[2]
+
+    def _image_masking(self, part: pd.DataFrame, filters: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+        pre = self.dataset.preprocess
+        images = torch.stack([self.dataset[int(i)]["image"] for i in part["image"]])
+        size = images.shape[-1]
+        maps = torch.stack([self.store.activation_map(int(i), int(f), size)
+                            for i, f in zip(part["image"], part["filter"])])
+        keep = (maps > thresholds[filters][:, None, None]).unsqueeze(1)
+        black = pre.normalize(torch.zeros(1, 3, size, size))
+        masked = torch.where(keep, images, black)
+        self.model.to(self.device)
+        with LayerProbe(self.model, self.store.layer) as probe:
+            features = probe(masked.to(self.device)).float()
+        return features.flatten(2).mean(2).cpu()
+
+    # ------------------------------------------------------------------ words
+    def _pair_words(self, filters) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = None if filters is None else tuple(np.asarray(filters).tolist())
+        if key not in self._cache:
+            pairs = self.pairs(filters)
+            vectors = self.mapper.embed(self.pair_features(pairs))
+            scores_top, index_top = [], []
+            for chunk in vectors.split(2048):
+                scores = chunk @ self.vectors.T - self._bias
+                top = scores.topk(min(self.image_k, scores.shape[1]), dim=1)
+                scores_top.append(top.values)
+                index_top.append(top.indices)
+            s = min(self.image_k, len(self.words))
+            scores_top = torch.cat(scores_top) if scores_top else torch.zeros(0, s)
+            index_top = torch.cat(index_top) if index_top else torch.zeros(0, s, dtype=torch.long)
+            self._cache[key] = (pairs, vectors, index_top, scores_top)
+        return self._cache[key]
+
+    def explain(self, filters=None) -> pd.DataFrame:
+        """Explain filters (default: every filter of the layer).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per (filter, word), ``top_words`` per filter, columns
+            ``layer, filter, rank`` (1 = best), ``word``, ``votes`` (sum over the
+            filter's top images of their max activation, for each image that has
+            the word among its top-s), ``score`` (mean calibrated cosine over those
+            images), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
+            word outside the annotations), ``n_images`` (images that voted),
+            ``method`` and ``note`` (why a filter has no words).
+        """
+        pairs, _, index_top, scores_top = self._pair_words(filters)
+        index_top, scores_top = index_top[:, :self.s], scores_top[:, :self.s]
+        wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
+        rows = []
+        frame = pd.DataFrame({
+            "filter": np.repeat(pairs["filter"].to_numpy(), index_top.shape[1]),
+            "word": index_top.reshape(-1).numpy(),
+            "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]),
+            "score": scores_top.reshape(-1).numpy(),
+        })
+        votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean"))
+        votes = votes.reset_index().sort_values(["filter", "votes", "score"], ascending=[True, False, False])
+        n_images = pairs.groupby("filter").size()
+        grouped = dict(tuple(votes.groupby("filter")))
+        for f in wanted:
+            if f not in grouped:
+                rows.append(dict(filter=int(f), rank=0, word=None, votes=0.0, score=np.nan, kind=None,
+                                 n_images=0, note=f"none of the top {self.p} images activates this filter "
+                                                   "(max activation <= 0)"))
+                continue
+            best = grouped[f].head(self.top_words)
+            for rank, (word, vote, score) in enumerate(zip(best["word"], best["votes"], best["score"]), 1):
+                rows.append(dict(filter=int(f), rank=rank, word=self.words[word], votes=float(vote),
+                                 score=float(score), kind=self.kinds[word], n_images=int(n_images[f]), note=""))
+        table = pd.DataFrame(rows)
+        table.insert(0, "layer", self.store.layer)
+        table["method"] = self.method
+        return table[EXPLANATION_COLUMNS]
+
+    def image_words(self, filters=None) -> pd.DataFrame:
+        """Each top image's own top words (``image_k`` of them) for each filter.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``layer, filter, image, image_id, activation, rank, word, score, kind, method``.
+        """
+        pairs, _, index_top, scores_top = self._pair_words(filters)
+        s = index_top.shape[1]
+        words = np.asarray(self.words, dtype=object)[index_top.reshape(-1).numpy()]
+        table = pd.DataFrame({
+            "layer": self.store.layer,
+            "filter": np.repeat(pairs["filter"].to_numpy(), s),
+            "image": np.repeat(pairs["image"].to_numpy(), s),
+            "activation": np.repeat(pairs["activation"].to_numpy(), s),
+            "rank": np.tile(np.arange(1, s + 1), len(pairs)),
+            "word": words,
+            "score": scores_top.reshape(-1).numpy(),
+            "kind": self.kinds[index_top.reshape(-1).numpy()],
+        })
+        table.insert(3, "image_id", self.store.index["image_id"].to_numpy()[table["image"]])
+        table["method"] = self.method
+        return table[IMAGE_WORD_COLUMNS]
+
+    def filter_vectors(self, filters=None) -> tuple[np.ndarray, torch.Tensor]:
+        """Each filter's explanation vector: the vote-weighted mean of its images' vectors.
+
+        Returns
+        -------
+        (filters, vectors) : numpy.ndarray (F,), torch.Tensor (F, dim) unit-norm
+        """
+        pairs, vectors, _, _ = self._pair_words(filters)
+        ids = pairs["filter"].to_numpy()
+        unique, inverse = np.unique(ids, return_inverse=True)
+        weights = torch.from_numpy(pairs["activation"].to_numpy()).float()[:, None]
+        summed = torch.zeros(len(unique), vectors.shape[1]).index_add_(0, torch.from_numpy(inverse),
+                                                                       vectors * weights)
+        return unique, F.normalize(summed, dim=1)
+
+    def lookup(self, phrase: str, k: int = 10) -> pd.DataFrame:
+        """Reverse look-up: the filters whose explanations are closest to a word or phrase.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``query, rank, filter, score`` (cosine between the phrase and the
+            filter's explanation vector) and ``words`` (the filter's top words).
+        """
+        query = torch.from_numpy(np.asarray(self.space.embed([phrase]).vectors, dtype=np.float32))
+        filters, vectors = self.filter_vectors()
+        scores = (vectors @ query[0]).numpy()
+        order = np.argsort(-scores)[:k]
+        explained = self.explain()
+        words = explained.dropna(subset=["word"]).groupby("filter")["word"].apply(lambda w: ", ".join(w[:5]))
+        return pd.DataFrame({
+            "query": phrase, "rank": np.arange(1, len(order) + 1), "filter": filters[order],
+            "score": scores[order], "words": [words.get(f, "") for f in filters[order]],
+        })

@@ -1,0 +1,44 @@
+"""Shared fixtures: ShapesWorld and a tiny CNN whose filter 0 is planted to fire on red."""
+import pytest
+import torch
+from torch import nn
+
+from lavise_nb.datasets import ShapesWorld
+from lavise_nb.probe import wrap_model
+from lavise_nb.store import ActivationStore
+
+RED_FILTER = 0
+
+
+def planted_net(seed: int = 0) -> nn.Module:
+    """Conv net: block "features.0" (1x1 conv) has filter 0 = red detector, others random."""
+    torch.manual_seed(seed)
+    net = nn.Sequential()
+    net.add_module("features", nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.AvgPool2d(4),
+                                             nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc", nn.Linear(12, 4))
+    with torch.no_grad():
+        conv = net.features[0]
+        # normalised red (1, 0, 0) is (2, -2, -2) under ShapesWorld's mean 0.5 / std 0.25
+        conv.weight[RED_FILTER] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
+        conv.bias[RED_FILTER] = -3.0
+    return net
+
+
+@pytest.fixture(scope="session")
+def shapes():
+    return ShapesWorld(160, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(shapes):
+    return wrap_model(planted_net(), shapes.preprocess, "planted")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_model, shapes):
+    root = tmp_path_factory.mktemp("stores")
+    return ActivationStore.build(tiny_model, "features.1", shapes, root=root, batch_size=32, num_workers=0,
+                                 show_progress=False)

@@ -1,0 +1,126 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lavise_nb.datasets import ShapesWorld
+from lavise_nb.probe import LayerProbe, wrap_model
+from lavise_nb.store import ActivationStore
+from tests.conftest import RED_FILTER, planted_net
+
+
+def _has_red(shapes, i):
+    return any(s["colour"] == "red" for s in shapes.layout(i)["shapes"])
+
+
+def test_planted_red_filter_top_images_are_red(tiny_store, shapes):
+    top = tiny_store.top_indices(p=15, filters=[RED_FILTER])[0]
+    assert all(_has_red(shapes, int(i)) for i in top)
+    n_red = sum(_has_red(shapes, i) for i in range(len(shapes)))
+    reds = np.array([_has_red(shapes, i) for i in range(len(shapes))])
+    maxima = np.asarray(tiny_store.maxima)[:, RED_FILTER]
+    assert maxima[reds].min() > maxima[~reds].max()
+    assert n_red > 15
+
+
+def test_threshold_is_upper_tail_quantile(tiny_store):
+    acts = np.asarray(tiny_store.activations, dtype=np.float32)
+    n, c, h, w = acts.shape
+    for f in range(c):
+        values = acts[:, f].reshape(-1)
+        expected = np.quantile(values, 0.995)
+        assert tiny_store.thresholds[f] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert (values > tiny_store.thresholds[f]).mean() <= 0.005 + 1e-9
+    assert tiny_store.thresholds[RED_FILTER] > np.median(acts[:, RED_FILTER])
+
+
+def test_activations_match_a_direct_forward_pass(tiny_store, tiny_model, shapes):
+    batch = torch.stack([shapes[i]["image"] for i in range(4)])
+    with LayerProbe(tiny_model, "features.1") as probe:
+        direct = probe(batch).numpy()
+    stored = np.asarray(tiny_store.activations[:4], dtype=np.float32)
+    np.testing.assert_allclose(stored, direct, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(np.asarray(tiny_store.maxima[:4]), direct.reshape(4, direct.shape[1], -1).max(2),
+                               atol=1e-5)
+
+
+def test_object_masks_round_trip(tiny_store, shapes):
+    sample = shapes[3]
+    rows = tiny_store.objects[tiny_store.objects["image"] == 3]
+    assert list(rows["concept"]) == list(sample["concepts"])
+    masks = tiny_store.object_masks(rows["object"].to_numpy())
+    assert torch.equal(masks, sample["masks"])
+    small = tiny_store.object_masks_small(rows["object"].to_numpy())
+    expected = torch.nn.functional.adaptive_avg_pool2d(sample["masks"].float()[None], small.shape[1:])[0]
+    assert torch.allclose(small, expected)
+
+
+def test_manifest_describes_the_store(tiny_store, tiny_model):
+    manifest = json.loads((tiny_store.path / "manifest.json").read_text())
+    assert manifest["shape"] == list(tiny_store.shape)
+    assert manifest["key"]["model"] == tiny_model.fingerprint
+    assert manifest["key"]["layer"] == "features.1"
+    assert manifest["package_version"]
+    assert np.load(tiny_store.path / "activations.npy", mmap_mode="r").dtype == np.float16
+
+
+def test_same_key_reuses_without_running_the_model(tiny_store, tiny_model, shapes, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the model ran")
+    monkeypatch.setattr(tiny_model.module, "forward", boom)
+    again = ActivationStore.build(tiny_model, "features.1", shapes, root=tiny_store.path.parent,
+                                  num_workers=0, show_progress=False)
+    assert again.path == tiny_store.path
+
+
+def test_changed_key_builds_a_new_store(tiny_store, tiny_model, shapes):
+    other_data = ShapesWorld(40, seed=1)
+    other_model = wrap_model(planted_net(seed=3), shapes.preprocess, "planted")
+    root = tiny_store.path.parent
+    a = ActivationStore.build(tiny_model, "features.1", other_data, root=root, num_workers=0, show_progress=False)
+    b = ActivationStore.build(other_model, "features.1", ShapesWorld(40, seed=0), root=root, num_workers=0,
+                              show_progress=False)
+    c = ActivationStore.build(tiny_model, "features.4", ShapesWorld(40, seed=0), root=root, num_workers=0,
+                              show_progress=False)
+    assert len({a.path, b.path, c.path, tiny_store.path}) == 4
+    assert a.shape[0] == 40 and c.shape[1] == 12
+
+
+def test_interrupted_build_resumes_and_equals_a_full_build(tmp_path, tiny_model):
+    data = ShapesWorld(50, seed=4)
+    partial = ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "a", batch_size=8,
+                                    num_workers=0, show_progress=False, max_batches=3)
+    assert partial is None
+    folder = next((tmp_path / "a").iterdir())
+    assert not (folder / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="not a complete"):
+        ActivationStore.open(folder)
+    resumed = ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "a", batch_size=8,
+                                    num_workers=0, show_progress=False)
+    full = ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "b", batch_size=8,
+                                 num_workers=0, show_progress=False)
+    np.testing.assert_array_equal(np.asarray(resumed.activations), np.asarray(full.activations))
+    np.testing.assert_array_equal(resumed.thresholds, full.thresholds)
+    assert resumed.objects.equals(full.objects)
+
+
+def test_bad_image_is_recorded_not_fatal(tmp_path, tiny_model):
+    from PIL import Image
+    from lavise_nb.datasets import ImageFolderDataset
+    for i in range(5):
+        Image.new("RGB", (80, 60), (255 * (i % 2), 0, 0)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "img2.png").write_bytes(b"not a png")
+    data = ImageFolderDataset(tmp_path, tiny_model.preprocess)
+    store = ActivationStore.build(tiny_model, "features.1", data, root=tmp_path / "stores", batch_size=2,
+                                  num_workers=0, show_progress=False)
+    assert store.index["valid"].tolist() == [True, True, False, True, True]
+    assert store.index.loc[2, "error"]
+    assert np.isneginf(np.asarray(store.maxima)[2]).all()
+    assert 2 not in store.top_indices(p=4)[RED_FILTER]
+
+
+def test_activation_map_upsamples_to_image_size(tiny_store):
+    amap = tiny_store.activation_map(0, RED_FILTER)
+    assert amap.shape == (64, 64)
+    assert amap.max() <= float(np.asarray(tiny_store.maxima)[0, RED_FILTER]) + 1e-3
