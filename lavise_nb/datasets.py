@@ -200,6 +200,7 @@ class _ImageDataset(Dataset):
         self._problems: dict[tuple, None] = {}
         self.records = pd.DataFrame(columns=["image_id", "path", "width", "height"])
         self.concepts: list[str] = []
+        self.supercategories: dict[str, str] = {}
         self.dataset_id = ""
 
     def __len__(self) -> int:
@@ -350,6 +351,8 @@ class CocoDataset(_ImageDataset):
         self._names = self._category_names(categories)
         self._anns = self._usable_annotations()
         self.concepts = sorted({self._names[a["category_id"]] for anns in self._anns.values() for a in anns})
+        self.supercategories = {self._names[cat_id]: str(cat.get("supercategory", ""))
+                                for cat_id, cat in self.coco.cats.items() if cat_id in self._names}
         self._set_records(self._rows())
         cat_key = None if categories is None else sorted(map(str, categories))
         self.dataset_id = _make_id("coco", hashlib.sha256(raw).hexdigest(),
@@ -701,6 +704,8 @@ class ShapesWorld(_ImageDataset):
         if self.size < 16:
             raise ValueError(f"size must be >= 16 pixels to draw shapes; got {self.size}")
         self.concepts = sorted([*self.COLOURS, *self.SHAPES, *self.TEXTURES])
+        self.supercategories = {**{c: "colour" for c in self.COLOURS}, **{c: "shape" for c in self.SHAPES},
+                                **{c: "background" for c in self.TEXTURES}}
         self.records = pd.DataFrame({"image_id": np.arange(self.n_images), "path": "", "width": self.size,
                                      "height": self.size})
         self._ids = list(range(self.n_images))

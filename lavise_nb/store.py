@@ -150,6 +150,12 @@ class ActivationStore:
         return sorted(self.objects["concept"].unique())
 
     @property
+    def stuff(self) -> list[str]:
+        """Concepts whose supercategory is "background" (scene "stuff", not objects)."""
+        groups = self.manifest.get("supercategories", {})
+        return sorted(c for c in self.concepts if groups.get(c) == "background")
+
+    @property
     def valid(self) -> np.ndarray:
         """(N,) bool, images that were read and passed through the model."""
         return self.index["valid"].to_numpy()
@@ -378,6 +384,7 @@ class ActivationStore:
             "quantile": quantile,
             "n_objects": int(len(objects)),
             "n_invalid": int((errors != "").sum()),
+            "supercategories": dict(getattr(dataset, "supercategories", {}) or {}),
             "package_version": _VERSION,
         })
         shutil.rmtree(parts)

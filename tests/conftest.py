@@ -8,10 +8,11 @@ from lavise_nb.probe import wrap_model
 from lavise_nb.store import ActivationStore
 
 RED_FILTER = 0
+COLOUR_FILTERS = {"red": 0, "green": 1, "blue": 2, "yellow": 3}
 
 
 def planted_net(seed: int = 0) -> nn.Module:
-    """Conv net: block "features.0" (1x1 conv) has filter 0 = red detector, others random."""
+    """Conv net whose 1x1 conv "features.0" has planted colour detectors (COLOUR_FILTERS), others random."""
     torch.manual_seed(seed)
     net = nn.Sequential()
     net.add_module("features", nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.AvgPool2d(4),
@@ -22,8 +23,11 @@ def planted_net(seed: int = 0) -> nn.Module:
     with torch.no_grad():
         conv = net.features[0]
         # normalised red (1, 0, 0) is (2, -2, -2) under ShapesWorld's mean 0.5 / std 0.25
-        conv.weight[RED_FILTER] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
-        conv.bias[RED_FILTER] = -3.0
+        planted = {"red": ((1, -1, -1), -3), "green": ((-1, 1, -1), -3), "blue": ((-1, -1, 1), -3),
+                   "yellow": ((1, 1, -1), -5)}
+        for colour, (weight, bias) in planted.items():
+            conv.weight[COLOUR_FILTERS[colour]] = torch.tensor(weight, dtype=torch.float32).view(3, 1, 1)
+            conv.bias[COLOUR_FILTERS[colour]] = bias
     return net
 
 

@@ -1,0 +1,458 @@
+"""StampScenes: the embedded default reference dataset, composed from Tux Paint photos.
+
+Debian's ``tuxpaint-stamps-default`` ships PNG stamps with an alpha channel;
+the photographs among them (listed and named by hand in ``data/stamps.csv``)
+are pasted onto background photos from ``tuxpaint-data`` (named in
+``data/backgrounds.csv``). The alpha channel gives every pasted object an exact
+mask, so the scenes form a segmentation dataset in COCO format with no manual
+labelling. The images are GPL-2 and are fetched at run time with ``apt-get``;
+only the two tables are part of this package.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lavise_nb._cache import cache_dir
+from lavise_nb._progress import progress
+
+__all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_table", "background_table"]
+
+PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+_BUILD_VERSION = 1
+_MIN_VISIBLE = 0.01
+_RESERVED_FIELDS = {"id", "file_name", "width", "height"}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _read_table(name: str) -> pd.DataFrame:
+    return pd.read_csv(DATA_DIR / name, dtype=str, keep_default_na=False)
+
+
+def stamp_table() -> pd.DataFrame:
+    """The committed table of Tux Paint stamps (``data/stamps.csv``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per stamp PNG with columns ``path`` (relative to ``stamps/``),
+        ``category`` (top-level Tux Paint folder), ``caption`` (English),
+        ``kind`` (``photo`` or ``clipart``), ``concept`` (GloVe word(s) naming a
+        usable photo, else empty) and ``reason`` (why the stamp is not used,
+        empty when it is).
+    """
+    return _read_table("stamps.csv")
+
+
+def background_table() -> pd.DataFrame:
+    """The committed table of Tux Paint template photos (``data/backgrounds.csv``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per template JPEG with columns ``file``, ``concept`` (a GloVe
+        word naming the visible scene, empty when unused) and ``reason`` (why
+        it is not used, empty when it is).
+    """
+    return _read_table("backgrounds.csv")
+
+
+def _usable(table: pd.DataFrame, photos_only: bool) -> pd.DataFrame:
+    keep = (table["concept"] != "") & (table["reason"] == "")
+    if photos_only:
+        keep &= table["kind"] == "photo"
+    return table[keep].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- fetching
+
+
+def _fetch_complete(target: Path) -> bool:
+    return (target / "stamps").is_dir() and (target / "templates").is_dir()
+
+
+def _manual_hint() -> str:
+    return ("Alternatively download by hand the upstream tuxpaint-stamps tarball (its stamps/ folder) and "
+            "the tuxpaint source tarball (its templates/ folder) from https://tuxpaint.org/download/, "
+            "extract them and call build_stamp_scenes(stamps_dir=..., templates_dir=...).")
+
+
+def _require_tools() -> None:
+    missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not found: StampScenes fetches the Debian packages "
+                           f"{' and '.join(PACKAGES)} (GPL-2 Tux Paint stamps and templates) with apt-get "
+                           f"download and dpkg-deb. " + _manual_hint())
+
+
+def _apt_download(folder: Path) -> list[Path]:
+    for attempt in range(2):
+        result = subprocess.run(["apt-get", "download", *PACKAGES], cwd=folder, capture_output=True, text=True)
+        debs = sorted(folder.glob("*.deb"))
+        if result.returncode == 0 and len(debs) == len(PACKAGES):
+            return debs
+        if attempt == 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+    raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()[-500:]} "
+                       + _manual_hint())
+
+
+def _extract(debs: list[Path], root: Path) -> Path:
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True)
+    share = root / "usr" / "share" / "tuxpaint"
+    if not _fetch_complete(share):
+        raise RuntimeError(f"the packages {' and '.join(PACKAGES)} did not contain usr/share/tuxpaint/"
+                           f"stamps and templates. " + _manual_hint())
+    return share
+
+
+def fetch_tuxpaint(cache=None) -> Path:
+    """Fetch the Tux Paint stamps and templates with ``apt-get download``.
+
+    Parameters
+    ----------
+    cache : str or Path, optional
+        Folder to hold ``stamps/`` and ``templates/``; default
+        ``cache_dir("tuxpaint")``.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder holding ``stamps/`` and ``templates/``. Returned at once if
+        both are already there.
+
+    Raises
+    ------
+    RuntimeError
+        When ``apt-get`` or ``dpkg-deb`` is missing or the download fails; the
+        message says how to pass a manual extraction instead.
+
+    Notes
+    -----
+    The packages are extracted into a temporary folder inside ``cache`` and
+    moved into place, ``templates/`` last, so an interrupted fetch never
+    leaves a folder that looks complete.
+    """
+    target = Path(cache) if cache is not None else cache_dir("tuxpaint")
+    if _fetch_complete(target):
+        return target
+    _require_tools()
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target, prefix=".fetch-") as tmp:
+        tmp = Path(tmp)
+        share = _extract(_apt_download(tmp), tmp / "root")
+        for name in ("stamps", "templates"):
+            if (target / name).exists():
+                shutil.rmtree(target / name)
+            (share / name).rename(target / name)
+    return target
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _weights(table: pd.DataFrame, weights: dict | None, keys: tuple[str, ...], what: str) -> np.ndarray:
+    weights = dict(weights or {})
+    known = set().union(*(set(table[k]) for k in keys))
+    unknown = set(weights) - known
+    if unknown:
+        raise ValueError(f"{what} keys {sorted(unknown)} are neither {keys[0]} nor {keys[1]} values of the table")
+    mult = np.ones(len(table))
+    for key in keys:
+        mult *= table[key].map(lambda v: float(weights.get(v, 1.0))).to_numpy()
+    per_concept = table.groupby("concept")["concept"].transform("size").to_numpy()
+    p = mult / per_concept
+    if (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"{what} must be non-negative and leave something to sample")
+    return p / p.sum()
+
+
+def _trim_dark_borders(image: Image.Image, threshold: float = 16.0) -> Image.Image:
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    rows = np.flatnonzero(gray.mean(1) >= threshold)
+    cols = np.flatnonzero(gray.mean(0) >= threshold)
+    if len(rows) == 0 or len(cols) == 0:
+        return image
+    return image.crop((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
+
+
+def _load_stamp(path: Path, max_side: int) -> Image.Image:
+    image = Image.open(path).convert("RGBA")
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.LANCZOS)
+    return image
+
+
+class _Sources:
+    """Lazily opened stamps and backgrounds, kept in memory for the build."""
+
+    def __init__(self, stamps_dir: Path, templates_dir: Path, size: int):
+        self.stamps_dir, self.templates_dir, self.size = stamps_dir, templates_dir, size
+        self._stamps: dict = {}
+        self._backgrounds: dict = {}
+
+    def stamp(self, path: str) -> Image.Image:
+        if path not in self._stamps:
+            self._stamps[path] = _load_stamp(self.stamps_dir / path, 2 * self.size)
+        return self._stamps[path]
+
+    def background(self, file: str) -> Image.Image:
+        if file not in self._backgrounds:
+            self._backgrounds[file] = _trim_dark_borders(Image.open(self.templates_dir / file).convert("RGB"))
+        return self._backgrounds[file]
+
+
+def _background_crop(image: Image.Image, rng: np.random.Generator, size: int) -> np.ndarray:
+    width, height = image.size
+    side = rng.uniform(0.5, 1.0) * min(width, height)
+    x0 = rng.uniform(0, width - side)
+    y0 = rng.uniform(0, height - side)
+    crop = image.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side), reducing_gap=2.0)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(crop, dtype=np.float32)
+
+
+def _placed_stamp(stamp: Image.Image, rng: np.random.Generator, size: int, scale: tuple) -> tuple:
+    longest = max(1, round(rng.uniform(*scale) * size))
+    ratio = longest / max(stamp.size)
+    w, h = max(1, round(stamp.width * ratio)), max(1, round(stamp.height * ratio))
+    patch = stamp.resize((w, h), Image.LANCZOS)
+    if rng.random() < 0.5:
+        patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
+    x = int(rng.integers(0, size - w + 1))
+    y = int(rng.integers(0, size - h + 1))
+    return np.asarray(patch, dtype=np.float32), x, y
+
+
+def _paste(canvas: np.ndarray, owner: np.ndarray, patch: np.ndarray, x: int, y: int, index: int) -> None:
+    h, w = patch.shape[:2]
+    alpha = patch[..., 3:] / 255.0
+    region = canvas[y:y + h, x:x + w]
+    region[:] = alpha * patch[..., :3] + (1.0 - alpha) * region
+    owner[y:y + h, x:x + w][patch[..., 3] > 127] = index
+
+
+# ----------------------------------------------------------------------------- COCO output
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _annotation(mask: np.ndarray, image_id: int, category_id: int, source: str) -> dict:
+    ys, xs = np.nonzero(mask)
+    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return {"image_id": image_id, "category_id": category_id, "segmentation": _rle(mask),
+            "area": int(mask.sum()), "bbox": bbox, "iscrowd": 0, "source": source}
+
+
+def _categories(stamps: pd.DataFrame, backgrounds: pd.DataFrame) -> list[dict]:
+    objects, scenes = sorted(set(stamps["concept"])), sorted(set(backgrounds["concept"]))
+    clash = set(objects) & set(scenes)
+    if clash:
+        raise ValueError(f"concepts {sorted(clash)} name both objects and backgrounds")
+    names = [(n, "object") for n in objects] + [(n, "background") for n in scenes]
+    return [{"id": i, "name": n, "supercategory": s} for i, (n, s) in enumerate(names, start=1)]
+
+
+def _compose(i: int, seed: int, cfg: dict, sources: _Sources, cat_ids: dict) -> tuple:
+    rng = np.random.default_rng([seed, i])
+    size, stamps, backgrounds = cfg["size"], cfg["stamps"], cfg["backgrounds"]
+    bg = backgrounds.iloc[rng.choice(len(backgrounds), p=cfg["bg_p"])]
+    canvas = _background_crop(sources.background(bg["file"]), rng, size)
+    owner = np.full((size, size), -1, dtype=np.int32)
+    n_objects = int(rng.integers(cfg["objects"][0], cfg["objects"][1] + 1))
+    rows = list(stamps.iloc[rng.choice(len(stamps), size=n_objects, p=cfg["obj_p"])].itertuples())
+    for k, row in enumerate(rows):
+        patch, x, y = _placed_stamp(sources.stamp(row.path), rng, size, cfg["scale"])
+        _paste(canvas, owner, patch, x, y, k)
+    anns = [_annotation(owner == k, i, cat_ids[row.concept], row.path)
+            for k, row in enumerate(rows) if (owner == k).sum() >= _MIN_VISIBLE * size * size]
+    if (owner == -1).any():
+        anns.append(_annotation(owner == -1, i, cat_ids[bg["concept"]], bg["file"]))
+    image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+    return image, anns, bg["concept"], n_objects
+
+
+def _build_key(params: dict, stamps: pd.DataFrame, backgrounds: pd.DataFrame) -> str:
+    blob = json.dumps({"version": _BUILD_VERSION, "params": params,
+                       "stamps": stamps.to_csv(index=False), "backgrounds": backgrounds.to_csv(index=False)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _complete_build(out_dir: Path, key: str) -> bool:
+    summary = out_dir / "summary.json"
+    if not (summary.is_file() and (out_dir / "annotations.json").is_file()):
+        return False
+    try:
+        return json.loads(summary.read_text()).get("key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".old-{out_dir.name}-"))
+        out_dir.rename(trash / "old")
+        tmp.rename(out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def _check_sources(stamps: pd.DataFrame, backgrounds: pd.DataFrame, stamps_dir: Path, templates_dir: Path) -> None:
+    missing = [p for p in stamps["path"] if not (stamps_dir / p).is_file()]
+    missing += [f for f in backgrounds["file"] if not (templates_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} StampScenes source images are missing under {stamps_dir} / "
+                                f"{templates_dir}, e.g. {missing[:3]}")
+
+
+def _source_dirs(stamps_dir, templates_dir) -> tuple[Path, Path]:
+    if stamps_dir is None or templates_dir is None:
+        root = fetch_tuxpaint()
+        stamps_dir = root / "stamps" if stamps_dir is None else stamps_dir
+        templates_dir = root / "templates" if templates_dir is None else templates_dir
+    return Path(stamps_dir), Path(templates_dir)
+
+
+def _write_scenes(tmp: Path, n_images: int, seed: int, cfg: dict, sources: _Sources, categories: list,
+                  image_fields: dict, show_progress: bool) -> dict:
+    (tmp / "images").mkdir()
+    cat_ids = {c["name"]: c["id"] for c in categories}
+    images, annotations, planted = [], [], 0
+    for i in progress(range(n_images), enabled=show_progress, desc="StampScenes"):
+        image, anns, bg_concept, n_planted = _compose(i, seed, cfg, sources, cat_ids)
+        name = f"{i:06d}.jpg"
+        image.save(tmp / "images" / name, quality=95)
+        images.append({"id": i, "file_name": name, "width": cfg["size"], "height": cfg["size"],
+                       "background": bg_concept, **image_fields})
+        annotations.extend(anns)
+        planted += n_planted
+    for ann_id, ann in enumerate(annotations, start=1):
+        ann["id"] = ann_id
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    (tmp / "annotations.json").write_text(json.dumps(coco, separators=(",", ":")))
+    return {"planted": planted, "annotations": annotations, "categories": categories}
+
+
+def _summary(key: str, cfg: dict, written: dict, n_images: int) -> dict:
+    kinds = {c["id"]: c["supercategory"] for c in written["categories"]}
+    objects = [a for a in written["annotations"] if kinds[a["category_id"]] == "object"]
+    return {"key": key, "photo_stamps": len(cfg["stamps"]), "object_concepts": cfg["stamps"]["concept"].nunique(),
+            "background_photos": len(cfg["backgrounds"]),
+            "background_concepts": cfg["backgrounds"]["concept"].nunique(), "images": n_images,
+            "objects": len(objects), "objects_dropped": written["planted"] - len(objects),
+            "object_concepts_seen": len({a["category_id"] for a in objects})}
+
+
+def build_stamp_scenes(out_dir=None, n_images: int = 2000, seed: int = 0, size: int = 224, objects=(1, 4),
+                       scale=(0.25, 0.7), object_weights: dict | None = None,
+                       background_weights: dict | None = None, image_fields: dict | None = None,
+                       stamps_dir=None, templates_dir=None, show_progress: bool = True,
+                       stamp_table: pd.DataFrame | None = None,
+                       background_table: pd.DataFrame | None = None) -> Path:
+    """Compose StampScenes: photo stamps pasted on background photos, in COCO format.
+
+    Each image is a random square crop of a background photo (resized to
+    ``size``, randomly flipped) with 1..4 photo stamps pasted at random scale,
+    position and horizontal flip. Every object gets an exact mask (alpha > 127,
+    minus what later stamps cover); the visible background gets a mask named
+    by its background concept. Objects with less than 1% of the image visible
+    are dropped. Concepts are sampled uniformly (then a stamp of that concept),
+    times the optional weights.
+
+    Parameters
+    ----------
+    out_dir : str or Path, optional
+        Output folder; default ``cache_dir("stampscenes", <hash of the
+        arguments and tables>)``. A complete build made with the same
+        arguments is returned at once.
+    n_images : int
+    seed : int
+        Same arguments and seed give a byte-identical ``annotations.json``.
+    size : int
+        Side of the square images in pixels.
+    objects : (int, int)
+        Inclusive range of the number of stamps per image.
+    scale : (float, float)
+        Range of a stamp's longest side as a fraction of ``size``.
+    object_weights : dict, optional
+        Sampling weight multipliers keyed by concept (``"dog"``) or stamp
+        category (``"animals"``), default 1; use them to plant group
+        differences.
+    background_weights : dict, optional
+        Multipliers keyed by background concept or template file name.
+    image_fields : dict, optional
+        Extra JSON fields copied into every image record, e.g.
+        ``{"group": "A"}``.
+    stamps_dir, templates_dir : str or Path, optional
+        Extracted Tux Paint ``stamps/`` and ``templates/`` folders; default
+        from :func:`fetch_tuxpaint`.
+    show_progress : bool
+    stamp_table, background_table : pandas.DataFrame, optional
+        Replace the committed tables (see :func:`stamp_table`).
+
+    Returns
+    -------
+    pathlib.Path
+        Folder with ``images/000000.jpg ...``, ``annotations.json`` (COCO; the
+        ``file_name`` of each image is relative to ``images/``, annotations
+        carry RLE masks) and ``summary.json`` (counts). Load it with
+        ``CocoDataset(out / "annotations.json", out / "images", ...)``.
+
+    Examples
+    --------
+    >>> a = build_stamp_scenes(n_images=500, image_fields={"group": "A"},
+    ...                        object_weights={"animals": 3.0})  # doctest: +SKIP
+    """
+    image_fields = dict(image_fields or {})
+    reserved = _RESERVED_FIELDS & set(image_fields)
+    if reserved:
+        raise ValueError(f"image_fields may not set {sorted(reserved)}")
+    if not (1 <= objects[0] <= objects[1]):
+        raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
+    stamps = _read_table("stamps.csv") if stamp_table is None else stamp_table
+    backgrounds = _read_table("backgrounds.csv") if background_table is None else background_table
+    stamps, backgrounds = _usable(stamps, photos_only=True), _usable(backgrounds, photos_only=False)
+    params = {"n_images": n_images, "seed": seed, "size": size, "objects": list(objects), "scale": list(scale),
+              "object_weights": object_weights, "background_weights": background_weights,
+              "image_fields": image_fields}
+    key = _build_key(params, stamps, backgrounds)
+    out_dir = Path(out_dir) if out_dir is not None else cache_dir("stampscenes", key)
+    if _complete_build(out_dir, key):
+        return out_dir
+    cfg = {"size": size, "objects": tuple(objects), "scale": tuple(scale), "stamps": stamps,
+           "backgrounds": backgrounds,
+           "obj_p": _weights(stamps, object_weights, ("concept", "category"), "object_weights"),
+           "bg_p": _weights(backgrounds, background_weights, ("concept", "file"), "background_weights")}
+    categories = _categories(stamps, backgrounds)
+    stamps_dir, templates_dir = _source_dirs(stamps_dir, templates_dir)
+    _check_sources(stamps, backgrounds, stamps_dir, templates_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".build-{out_dir.name}-"))
+    try:
+        written = _write_scenes(tmp, n_images, seed, cfg, _Sources(stamps_dir, templates_dir, size), categories,
+                                image_fields, show_progress)
+        (tmp / "summary.json").write_text(json.dumps(_summary(key, cfg, written, n_images), indent=1))
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
