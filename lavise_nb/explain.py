@@ -20,6 +20,7 @@ from .probe import LayerProbe, resolve_device
 __all__ = ["FilterExplainer", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS"]
 
 METHODS = ("attention", "activation_masking", "image_masking", "original")
+ATTENTION_FORMS = ("paper", "code", "soft_mask")
 EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images", "method", "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
                       "method"]
@@ -42,11 +43,15 @@ class FilterExplainer:
     method : {"attention", "activation_masking", "image_masking", "original"}
         ``"attention"`` is LaViSE's filter attention. ``"activation_masking"`` pools
         the maps under 1[A_u > T_u]; ``"image_masking"`` zeroes image pixels where
-        the upsampled A_u <= T_u and runs the model again (needs ``model`` and
-        ``dataset``); ``"original"`` pools the whole map.
-    attention : {"paper", "code"}
+        the upsampled A_u <= T_u, runs the model again (needs ``model`` and
+        ``dataset``) and pools the new maps under the kept region; ``"original"``
+        pools the whole map.
+    attention : {"paper", "code", "soft_mask"}
         ``"paper"``: F_k^att = cos(F_u, F_k) F_k, then GAP (the paper's equation).
         ``"code"``: e_k = mean_ij(F_k * F_u / ||F_u||) (the authors' released code).
+        ``"soft_mask"``: e_k = sum_ij(F_k * relu(F_u)) / sum_ij(relu(F_u)), the code's
+        spatial weighting normalised like the mapper's mask-mass pooling, so that
+        attention features follow the training distribution.
     p : int
         Top images per filter (by max activation).
     s : int
@@ -69,8 +74,8 @@ class FilterExplainer:
                  image_k: int = 20, show_progress: bool = False):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-        if attention not in ("paper", "code"):
-            raise ValueError(f"attention must be 'paper' or 'code', not {attention!r}")
+        if attention not in ATTENTION_FORMS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMS}, not {attention!r}")
         if method == "image_masking" and (model is None or dataset is None):
             raise ValueError("method='image_masking' runs the network again: pass model= and dataset=")
         mapper.check(store, space)
@@ -148,7 +153,10 @@ class FilterExplainer:
         if self.attention == "paper":
             weights = torch.einsum("pcs,ps->pc", F.normalize(flat, dim=2), F.normalize(own, dim=1))
             return weights * mean
-        return torch.einsum("pcs,ps->pc", flat, own) / own.norm(dim=1).clamp_min(1e-6)[:, None] / flat.shape[2]
+        if self.attention == "code":
+            return torch.einsum("pcs,ps->pc", flat, own) / own.norm(dim=1).clamp_min(1e-6)[:, None] / flat.shape[2]
+        soft = own.clamp_min(0)
+        return torch.einsum("pcs,ps->pc", flat, soft) / soft.sum(1).clamp_min(1e-6)[:, None]
 
     def _image_masking(self, part: pd.DataFrame, filters: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
         pre = self.dataset.preprocess
@@ -161,8 +169,9 @@ class FilterExplainer:
         masked = torch.where(keep, images, black)
         self.model.to(self.device)
         with LayerProbe(self.model, self.store.layer) as probe:
-            features = probe(masked.to(self.device)).float()
-        return features.flatten(2).mean(2).cpu()
+            features = probe(masked.to(self.device)).float().cpu()
+        region = F.adaptive_avg_pool2d(keep.float(), features.shape[2:])[:, 0]
+        return pool_features(features, region, self.mapper.config.get("pooling", "mass"))
 
     # ------------------------------------------------------------------ words
     def _pair_words(self, filters) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, torch.Tensor]:

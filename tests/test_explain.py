@@ -1,0 +1,101 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lavise_nb.explain import EXPLANATION_COLUMNS, FilterExplainer
+from lavise_nb.mapper import ExplainerTrainer
+from tests.conftest import COLOUR_FILTERS
+from tests.helpers import shapes_space
+
+SEEN = ["red", "green", "blue", "yellow", "circle", "square", "stripes", "dots", "plain"]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return shapes_space()
+
+
+@pytest.fixture(scope="module")
+def mapper(tiny_store, space):
+    return ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, max_epochs=40, show_progress=False).fit()
+
+
+@pytest.mark.parametrize("method,attention", [("attention", "soft_mask"), ("activation_masking", "paper")])
+def test_planted_colour_filters_are_named_by_their_colour(tiny_store, mapper, space, method, attention):
+    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", method=method,
+                                attention=attention, p=10, s=3)
+    table = explainer.explain(filters=list(COLOUR_FILTERS.values()))
+    assert list(table.columns) == EXPLANATION_COLUMNS
+    first = table[table["rank"] == 1].set_index("filter")["word"]
+    hits = sum(first[f] == colour for colour, f in COLOUR_FILTERS.items())
+    assert hits >= 3, first.to_dict()
+    assert first[COLOUR_FILTERS["red"]] == "red"
+    votes = table[table["filter"] == 0]["votes"].to_numpy()
+    assert np.all(np.diff(votes) <= 0) and votes.dtype.kind == "f"
+
+
+def test_image_masking_runs_the_model_batched(tiny_store, mapper, space, tiny_model, shapes):
+    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", method="image_masking",
+                                p=8, s=3, model=tiny_model, dataset=shapes)
+    table = explainer.explain(filters=[COLOUR_FILTERS["red"]])
+    assert table.iloc[0]["word"] == "red"
+    with pytest.raises(ValueError, match="model="):
+        FilterExplainer(tiny_store, mapper, space, method="image_masking")
+
+
+def test_all_filters_at_once_equals_per_filter_computation(tiny_store, mapper, space):
+    for attention in ("paper", "code"):
+        explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", attention=attention, p=4)
+        pairs = explainer.pairs()
+        batched = explainer.pair_features(pairs)
+        for row, (f, i) in enumerate(zip(pairs["filter"].head(12), pairs["image"].head(12))):
+            maps = torch.from_numpy(np.asarray(tiny_store.activations[i], dtype=np.float32))
+            own = maps[f]
+            if attention == "paper":
+                weights = torch.stack([F.cosine_similarity(own.flatten(), maps[k].flatten(), dim=0)
+                                       for k in range(maps.shape[0])])
+                expected = torch.stack([(weights[k] * maps[k]).mean() for k in range(maps.shape[0])])
+            else:
+                expected = torch.stack([(maps[k] * own / own.norm()).mean() for k in range(maps.shape[0])])
+            assert torch.allclose(batched[row], expected, atol=1e-5)
+
+
+def test_kinds_and_zero_shot_words(tiny_store, mapper, space):
+    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary=["dog", "car", "purple"], p=5,
+                                top_words=20)
+    table = explainer.explain(filters=[0])
+    assert set(table["kind"]) <= {"seen", "unseen", "zero-shot"}
+    kinds = dict(zip(explainer.words, explainer.kinds))
+    assert kinds["red"] == "seen" and kinds["triangle"] == "unseen" and kinds["dog"] == "zero-shot"
+    assert len(explainer.words) == 3 + 11
+
+
+def test_calibration_lowers_seen_scores(tiny_store, mapper, space):
+    raw = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", calibrated=False).image_words([0])
+    calibrated = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", calibrated=0.3).image_words([0])
+    merged = raw.merge(calibrated, on=["filter", "image", "word"], suffixes=("_raw", "_cal"))
+    seen = merged[merged["kind_raw"] == "seen"]
+    assert np.allclose(seen["score_raw"] - 0.3, seen["score_cal"], atol=1e-5)
+
+
+def test_filter_without_activation_says_so(tiny_store, mapper, space, monkeypatch):
+    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts")
+    maxima = np.asarray(tiny_store.maxima).copy()
+    maxima[:, 5] = -1.0
+    monkeypatch.setattr(tiny_store, "maxima", maxima)
+    table = explainer.explain(filters=[4, 5])
+    row = table[table["filter"] == 5]
+    assert len(row) == 1 and pd.isna(row.iloc[0]["word"]) and "max activation" in row.iloc[0]["note"]
+    assert (table[table["filter"] == 4]["rank"] > 0).all()
+
+
+def test_image_words_and_reverse_lookup(tiny_store, mapper, space):
+    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, image_k=5)
+    words = explainer.image_words(filters=[0, 1])
+    assert set(words.groupby(["filter", "image"]).size()) == {5}
+    hits = explainer.lookup("red", k=3)
+    assert list(hits.columns) == ["query", "rank", "filter", "score", "words"]
+    assert hits.iloc[0]["filter"] == COLOUR_FILTERS["red"]
+    assert hits["score"].is_monotonic_decreasing

@@ -1,0 +1,75 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lavise_nb.mapper import ExplainerTrainer, Mapper, pair_table, pool_features
+from tests.helpers import shapes_space
+
+SEEN = ["red", "green", "blue", "circle", "square", "stripes", "dots", "plain"]
+
+
+@pytest.fixture(scope="module")
+def mapper(tiny_store):
+    return ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, margin=0.1, max_epochs=40,
+                            show_progress=False).fit()
+
+
+def test_pool_features_mass_and_mean():
+    features = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    masks = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.0, 0.0]]])
+    mass = pool_features(features, masks, "mass")
+    assert torch.allclose(mass[0], features[0, :, 0, 0])
+    assert torch.allclose(mass[1], features[1, :, 0, :2].mean(1))
+    assert torch.allclose(pool_features(features, masks, "mean")[0], features[0, :, 0, 0] / 4)
+    with pytest.raises(ValueError, match="mass"):
+        pool_features(features, masks, "max")
+
+
+def test_identical_masks_become_one_pair_with_two_positives(tiny_store):
+    pairs = pair_table(tiny_store)
+    shapes = pairs[pairs["concepts"].map(len) == 2]
+    assert len(shapes) > 0
+    colours, kinds = {"red", "green", "blue", "yellow"}, {"circle", "square", "triangle"}
+    assert all(len(colours & set(c)) == 1 and len(kinds & set(c)) == 1 for c in shapes["concepts"])
+
+
+def test_split_is_seeded_without_replacement(tiny_store):
+    a = ExplainerTrainer(tiny_store, shapes_space(), seen_fraction=0.7, seed=3, show_progress=False)
+    b = ExplainerTrainer(tiny_store, shapes_space(), seen_fraction=0.7, seed=3, show_progress=False)
+    assert a.seen == b.seen and len(set(a.seen)) == len(a.seen) == round(0.7 * 11)
+    assert set(a.seen).isdisjoint(a.unseen) and set(a.seen) | set(a.unseen) == set(tiny_store.concepts)
+
+
+def test_trained_mapper_ranks_the_right_word_first(mapper):
+    best = mapper.history.loc[mapper.history["val_loss"].idxmin()]
+    assert best["seen_top1"] > 0.6
+    assert best["seen_top5"] > 0.95
+    assert list(mapper.history.columns[:7]) == ["epoch", "train_loss", "val_loss", "seen_top1", "seen_top5",
+                                                "unseen_top1", "unseen_top5"]
+
+
+def test_save_and_load_check_model_and_space(tmp_path, mapper, tiny_store):
+    path = mapper.save(tmp_path / "m.pt")
+    loaded = Mapper.load(path, tiny_store, shapes_space())
+    x = torch.randn(5, tiny_store.shape[1])
+    assert torch.allclose(loaded.embed(x), mapper.embed(x))
+    assert loaded.seen == mapper.seen and loaded.history.shape == mapper.history.shape
+    payload = torch.load(path, weights_only=True)
+    assert payload["layer"] == tiny_store.layer
+    other = shapes_space(name="other", seed=5)
+    with pytest.raises(ValueError, match="word space"):
+        Mapper.load(path, tiny_store, other)
+    loaded.layer = "features.4"
+    with pytest.raises(ValueError, match="layer"):
+        loaded.check(tiny_store)
+
+
+def test_missing_concept_words_are_reported(tiny_store):
+    from lavise_nb.words import MissingWordsError
+    space = shapes_space(drop=["checkers"])
+    with pytest.raises(MissingWordsError, match="checkers"):
+        ExplainerTrainer(tiny_store, space, show_progress=False)
+    with pytest.warns(UserWarning, match="checkers"):
+        trainer = ExplainerTrainer(tiny_store, space, missing="skip", show_progress=False)
+    assert "checkers" not in trainer.concepts
