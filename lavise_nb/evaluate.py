@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ._progress import progress
 
-__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "network_dissection",
+__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "network_dissection", "compare_methods",
            "RECALL_COLUMNS"]
 
 RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", "k", "recall", "pairs"]
@@ -234,3 +234,48 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
         "word": np.asarray(concepts, dtype=object)[top.indices.reshape(-1).numpy()],
         "iou": top.values.reshape(-1).numpy(),
     })
+
+
+def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("attention", "paper"),
+                    ("attention", "code"), ("attention", "soft_mask"), ("activation_masking", "paper"),
+                    ("original", "paper")), *, p: int = 25, s: int = 5, calibrated=True, model=None,
+                    dataset=None, netdissect: bool = True, frequency: bool = True, iou_threshold: float = 0.04,
+                    ks=(5, 10, 20), model_name: str = "", show_progress: bool = False):
+    """Recall of several explanation methods and the baselines, in one tidy table.
+
+    Parameters
+    ----------
+    methods : iterable of (method, attention)
+        ``("image_masking", "paper")`` also needs ``model`` and ``dataset``.
+    netdissect, frequency : bool
+        Add Network Dissection labels and the most-frequent-concepts baseline.
+
+    Returns
+    -------
+    (recall, explanations) : pandas.DataFrame, pandas.DataFrame
+        ``recall`` has :data:`RECALL_COLUMNS`; ``method`` names like
+        ``"attention/paper"``. ``explanations`` stacks every method's filter words.
+    """
+    from .explain import FilterExplainer
+
+    evaluator = RecallEvaluator(store, mapper.seen, mapper.unseen, stuff=store.stuff,
+                                iou_threshold=iou_threshold, ks=ks, show_progress=show_progress)
+    tables, explained, pairs = [], [], None
+    for method, attention in methods:
+        name = method if method != "attention" else f"attention/{attention}"
+        explainer = FilterExplainer(store, mapper, space, vocabulary, method=method, attention=attention, p=p,
+                                    s=s, top_words=max(ks), calibrated=calibrated, model=model,
+                                    dataset=dataset, show_progress=show_progress)
+        words = explainer.explain().assign(method=name)
+        pairs = explainer.pairs()
+        tables.append(evaluator.evaluate(words, explainer.image_words(), pairs, name, model_name))
+        explained.append(words)
+    if pairs is None:
+        raise ValueError("no methods given")
+    if frequency:
+        tables.append(evaluator.evaluate(frequency_baseline(store, pairs, max(ks)), None, pairs, "frequency",
+                                         model_name))
+    if netdissect:
+        labels = network_dissection(store, top_words=max(ks), show_progress=show_progress)
+        tables.append(evaluator.evaluate(labels, None, pairs, "netdissect", model_name))
+    return pd.concat(tables, ignore_index=True), pd.concat(explained, ignore_index=True)

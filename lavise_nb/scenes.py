@@ -24,7 +24,7 @@ from PIL import Image
 from lavise_nb._cache import cache_dir
 from lavise_nb._progress import progress
 
-__all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_table", "background_table"]
+__all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "stamp_table", "background_table"]
 
 PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -456,3 +456,27 @@ def build_stamp_scenes(out_dir=None, n_images: int = 2000, seed: int = 0, size: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def stamp_scenes(n_images: int = 2000, seed: int = 0, preprocess=None, show_progress: bool = True, **options):
+    """The embedded default reference dataset, fetched and built if needed, ready to use.
+
+    Parameters
+    ----------
+    n_images, seed : int
+    preprocess : Preprocess, optional
+        The target model's preprocessing (default: 224 px, EfficientNet-Lite's normalisation).
+    **options
+        Passed to :func:`build_stamp_scenes` (``object_weights``, ``image_fields``, ...).
+
+    Returns
+    -------
+    CocoDataset
+    """
+    from .datasets import CocoDataset
+    from .probe import EFFICIENTNET_LITE
+
+    preprocess = preprocess or EFFICIENTNET_LITE
+    folder = build_stamp_scenes(n_images=n_images, seed=seed, size=preprocess.size,
+                                show_progress=show_progress, **options)
+    return CocoDataset(folder / "annotations.json", folder / "images", preprocess)

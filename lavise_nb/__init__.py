@@ -1,0 +1,31 @@
+"""lavise-nb: explain what CNN filters learned, in words and pictures (LaViSE).
+
+The public surface, one noun per module:
+
+- :mod:`~lavise_nb.probe`: ``load_model``, ``LayerProbe`` (layers by dotted name)
+- :mod:`~lavise_nb.datasets` / :mod:`~lavise_nb.scenes`: reference datasets (COCO,
+  Visual Genome, image folders, ShapesWorld, the embedded StampScenes)
+- :mod:`~lavise_nb.words`: word spaces and vocabularies
+- :mod:`~lavise_nb.store`: ``ActivationStore``, cached activations on disk
+- :mod:`~lavise_nb.mapper`: ``ExplainerTrainer`` -> ``Mapper``
+- :mod:`~lavise_nb.explain`: ``FilterExplainer`` (one verb: ``explain``)
+- :mod:`~lavise_nb.evaluate`: recall@k against ground truth, with baselines
+"""
+from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
+from .evaluate import RecallEvaluator, frequency_baseline, network_dissection
+from .explain import FilterExplainer
+from .mapper import ExplainerTrainer, Mapper
+from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, wrap_model
+from .scenes import build_stamp_scenes, stamp_scenes
+from .store import ActivationStore
+from .transform import Preprocess
+from .words import Vocabulary, WordSpace, combine_spaces, load_word_space
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationStore", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "ImageFolderDataset", "LayerProbe",
+    "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel", "VisualGenomeDataset", "Vocabulary",
+    "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline", "load_model", "load_word_space",
+    "network_dissection", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",
+]
