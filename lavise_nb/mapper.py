@@ -252,6 +252,9 @@ class ExplainerTrainer:
         An explicit seen set (overrides ``seen_fraction``).
     missing : {"error", "skip"}
         What to do with concepts the word space cannot embed.
+    restrict_to : list of str, optional
+        Use only these annotated concepts (others are never read); calibration
+        uses it to keep the real unseen concepts out of its inner split.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
@@ -261,14 +264,15 @@ class ExplainerTrainer:
     >>> mapper.history.tail()                                    # doctest: +SKIP
     """
 
-    def __init__(self, store, space, *, missing: str = "error", device="cpu", show_progress: bool = True,
-                 **settings):
+    def __init__(self, store, space, *, missing: str = "error", restrict_to=None, device="cpu",
+                 show_progress: bool = True, **settings):
         self.store = store
         self.space = space
         self.config = TrainingConfig(**settings)
         self.device = resolve_device(device)
         self.show_progress = show_progress
-        embedding = space.embed(store.concepts, missing=missing)
+        universe = store.concepts if restrict_to is None else sorted(set(restrict_to) & set(store.concepts))
+        embedding = space.embed(universe, missing=missing)
         self.concepts = list(embedding.names)
         self.concept_vectors = torch.as_tensor(np.asarray(embedding.vectors), dtype=torch.float32)
         self.seen, self.unseen = self._split()
@@ -312,6 +316,15 @@ class ExplainerTrainer:
         callback : callable, optional
             Called after every epoch with the history DataFrame so far (live monitors).
         """
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)  # a small MLP: extra threads only add synchronisation overhead
+        try:
+            return self._fit(callback)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, callback) -> Mapper:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         pooled = self.pooled()

@@ -1,0 +1,109 @@
+"""`make quality`: the LaViSE evaluation protocol on the embedded default, with every baseline.
+
+Writes under --output-dir (default outputs/quality):
+  recall.csv        model, layer, method, words_from, ground, subset, k, recall, pairs, + the run's settings
+  explanations.csv  layer, filter, rank, word, votes, score, kind (default layer, default method)
+  gamma.csv         calibration tables (gamma, seen, unseen, H) per layer
+  summary.md        the headline tables
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lavise_nb import (ActivationStore, ExplainerTrainer, FilterExplainer, RecallEvaluator, Vocabulary,
+                       load_model, load_word_space, recalibrate_batchnorm, stamp_scenes)
+from lavise_nb.calibration import GammaCalibration
+from lavise_nb.datasets import collate_samples
+from lavise_nb.evaluate import compare_methods
+
+METHODS = (("attention", "paper"), ("attention", "code"), ("attention", "soft_mask"),
+           ("activation_masking", "paper"), ("original", "paper"))
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="outputs/quality")
+    parser.add_argument("--n-images", type=int, default=2000)
+    parser.add_argument("--layers", nargs="+", default=["_blocks.15", "_blocks.10", "_blocks.5"])
+    parser.add_argument("--seen-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-masking", action="store_true", help="also run image masking (slow on CPU)")
+    parser.add_argument("--device", default="auto")
+    return parser.parse_args()
+
+
+def tagged(table: pd.DataFrame, **tags) -> pd.DataFrame:
+    return table.assign(**tags)
+
+
+def headline(recall: pd.DataFrame, k: int = 20) -> pd.DataFrame:
+    view = recall[(recall["ground"] == "objects") & (recall["k"] == k)]
+    return view.pivot_table(index=["experiment", "layer", "method", "calibrated"], columns=["words_from", "subset"],
+                            values="recall").round(3)
+
+
+def main() -> None:
+    args = parse()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    model = load_model("efficientnet-lite0", device=args.device)
+    dataset = stamp_scenes(args.n_images, args.seed, model.preprocess)
+    space = load_word_space()
+    results, gammas = [], []
+
+    def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts", extra=None):
+        mapper = ExplainerTrainer(store, space, seen_fraction=seen_fraction, seed=args.seed).fit()
+        calibration = GammaCalibration(store, space, mapper, level="filter", seed=args.seed)
+        calibration.fit()
+        gammas.append(mapper.gamma_table.assign(experiment=name, layer=store.layer, seen_fraction=seen_fraction))
+        for calibrated in (False, True):
+            recall, words = compare_methods(store, mapper, space, vocabulary, methods, calibrated=calibrated,
+                                            netdissect=not calibrated, frequency=not calibrated,
+                                            model=layer_model, dataset=dataset, model_name=layer_model.name)
+            results.append(tagged(recall, experiment=name, calibrated=calibrated, gamma=mapper.gamma,
+                                  seen_fraction=seen_fraction, candidates=str(vocabulary)[:20], **(extra or {})))
+        return mapper, words
+
+    methods = METHODS + ((("image_masking", "paper"),) if args.image_masking else ())
+    default_words = None
+    for layer in args.layers:
+        store = ActivationStore.build(model, layer, dataset)
+        _, words = run(store, "layers", model, methods=methods)
+        if layer == args.layers[0]:
+            default_words = words
+    default_store = ActivationStore.build(model, args.layers[0], dataset)
+
+    for fraction in args.seen_fractions:
+        run(default_store, "seen_fraction", model, seen_fraction=fraction, methods=(("attention", "soft_mask"),))
+
+    nouns = Vocabulary.concrete_nouns(space)
+    run(default_store, "open_vocabulary", model, methods=(("attention", "soft_mask"),), vocabulary=nouns)
+
+    random_model = load_model("efficientnet-lite0", random_init=True, seed=args.seed, device=args.device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate_samples)
+    recalibrate_batchnorm(random_model, loader, max_batches=8)
+    random_store = ActivationStore.build(random_model, args.layers[0], dataset)
+    run(random_store, "random_network", random_model, methods=(("attention", "soft_mask"),
+                                                                 ("activation_masking", "paper")))
+
+    recall = pd.concat(results, ignore_index=True)
+    recall.to_csv(out / "recall.csv", index=False)
+    pd.concat(gammas, ignore_index=True).to_csv(out / "gamma.csv", index=False)
+    default_words.to_csv(out / "explanations.csv", index=False)
+    summary = [f"# Quality on StampScenes ({args.n_images} scenes), EfficientNet-Lite0", "",
+               f"Took {time.time() - started:.0f} s. Recall@20, object ground truth; rows = method, columns = "
+               "(words from filter / image, concept subset).", "", headline(recall).to_markdown(), ""]
+    (out / "summary.md").write_text("\n".join(summary))
+    print("\n".join(summary))
+    print(json.dumps({"outputs": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
