@@ -56,7 +56,7 @@ class GammaCalibration:
     """
 
     def __init__(self, store, space, mapper: Mapper, *, level: str = "filter", gammas=None,
-                 inner_fraction: float = 0.7, k: int = 20, method: str = "attention", attention: str = "paper",
+                 inner_fraction: float = 0.7, k: int = 20, method: str = "attention", attention: str = "soft_mask",
                  p: int = 25, s: int = 5, seed: int = 0, show_progress: bool = False):
         if level not in ("filter", "mask"):
             raise ValueError(f"level must be 'filter' or 'mask', not {level!r}")

@@ -236,8 +236,8 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
     })
 
 
-def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("attention", "paper"),
-                    ("attention", "code"), ("attention", "soft_mask"), ("activation_masking", "paper"),
+def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("attention", "soft_mask"),
+                    ("attention", "paper"), ("attention", "code"), ("activation_masking", "paper"),
                     ("original", "paper")), *, p: int = 25, s: int = 5, calibrated=True, model=None,
                     dataset=None, netdissect: bool = True, frequency: bool = True, iou_threshold: float = 0.04,
                     ks=(5, 10, 20), model_name: str = "", show_progress: bool = False):

@@ -46,7 +46,7 @@ def test_image_masking_runs_the_model_batched(tiny_store, mapper, space, tiny_mo
 
 
 def test_all_filters_at_once_equals_per_filter_computation(tiny_store, mapper, space):
-    for attention in ("paper", "code"):
+    for attention in ("paper", "code", "soft_mask"):
         explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", attention=attention, p=4)
         pairs = explainer.pairs()
         batched = explainer.pair_features(pairs)
@@ -57,8 +57,11 @@ def test_all_filters_at_once_equals_per_filter_computation(tiny_store, mapper, s
                 weights = torch.stack([F.cosine_similarity(own.flatten(), maps[k].flatten(), dim=0)
                                        for k in range(maps.shape[0])])
                 expected = torch.stack([(weights[k] * maps[k]).mean() for k in range(maps.shape[0])])
-            else:
+            elif attention == "code":
                 expected = torch.stack([(maps[k] * own / own.norm()).mean() for k in range(maps.shape[0])])
+            else:
+                soft = own.clamp_min(0)
+                expected = torch.stack([(maps[k] * soft).sum() / soft.sum() for k in range(maps.shape[0])])
             assert torch.allclose(batched[row], expected, atol=1e-5)
 
 
