@@ -9,8 +9,13 @@ The public surface, one noun per module:
 - :mod:`~lavise_nb.store`: ``ActivationStore``, cached activations on disk
 - :mod:`~lavise_nb.mapper`: ``ExplainerTrainer`` -> ``Mapper``
 - :mod:`~lavise_nb.explain`: ``FilterExplainer`` (one verb: ``explain``)
+- :mod:`~lavise_nb.calibration`: ``GammaCalibration`` (calibrated stacking for unseen words)
 - :mod:`~lavise_nb.evaluate`: recall@k against ground truth, with baselines
+- :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
+- :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
 """
+from .bias import GroupComparison, null_groups, planted_groups
+from .calibration import GammaCalibration
 from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
 from .evaluate import RecallEvaluator, frequency_baseline, network_dissection
 from .explain import FilterExplainer
@@ -24,7 +29,7 @@ from .words import Vocabulary, WordSpace, combine_spaces, load_word_space
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationStore", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "ImageFolderDataset", "LayerProbe",
+    "ActivationStore", "CocoDataset", "GammaCalibration", "GroupComparison", "null_groups", "planted_groups", "ExplainerTrainer", "FilterExplainer", "ImageFolderDataset", "LayerProbe",
     "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel", "VisualGenomeDataset", "Vocabulary",
     "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline", "load_model", "load_word_space",
     "network_dissection", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",

@@ -1,0 +1,99 @@
+"""The notebooks run end to end with papermill (small parameters) and write their results."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+COMMON = ["model", "layer", "n_images", "seed", "word_space", "output_dir", "interactive", "show_progress",
+          "store_root"]
+DOCUMENTED = {
+    "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction"],
+    "02_explain_filters.ipynb": COMMON + ["vocabulary", "method", "attention", "p", "s", "top_words", "n_cards",
+                                          "query", "recall_k", "compare"],
+}
+SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
+
+
+def _run(name: str, out: Path, **parameters) -> Path:
+    target = out / "notebooks" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(NOTEBOOKS / name), str(target), parameters=parameters, kernel_name="python3",
+                               cwd=str(NOTEBOOKS), progress_bar=False)
+    return target
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_parameters_are_documented_literals(name):
+    declared = papermill.inspect_notebook(str(NOTEBOOKS / name))
+    assert set(DOCUMENTED[name]) <= set(declared), set(DOCUMENTED[name]) - set(declared)
+    assert declared["layer"]["default"] == '"_blocks.15"' and declared["n_images"]["default"] == "2000"
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c["cell_type"] == "code")
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    first = _run("01_train_explainer.ipynb", out, output_dir=str(out), max_epochs=2, **SMALL)
+    second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
+                  query="car", **SMALL)
+    return out, first, second
+
+
+@pytest.mark.notebook
+def test_training_notebook_writes_the_mapper_and_history(ran):
+    out, executed, _ = ran
+    train = out / "train"
+    for name in ("mapper.pt", "history.csv", "accuracy.csv", "concept_split.csv", "training_curves.png",
+                 "settings.json", "layers.csv", "concepts.csv"):
+        assert (train / name).is_file(), name
+    history = pd.read_csv(train / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and history["best"].sum() >= 1
+    assert history[["seen_top1", "seen_top5"]].stack().between(0, 1).all()
+    assert (history["seen_top5"] >= history["seen_top1"]).all()
+    split = pd.read_csv(train / "concept_split.csv")
+    assert set(split["split"]) == {"seen", "unseen"} and split["concept"].is_unique
+    settings = json.loads((train / "settings.json").read_text())
+    assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15"
+    cells = json.loads(executed.read_text())["cells"]
+    assert not any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
+    assert any("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+
+
+@pytest.mark.notebook
+def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
+    out, _, executed = ran
+    explain = out / "explain"
+    table = pd.read_csv(explain / "explanations.csv")
+    assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images",
+                                   "method", "note"]
+    named = table.dropna(subset=["word"])
+    assert table["filter"].nunique() == 320 and named.groupby("filter").size().max() == 5
+    assert set(named["kind"]) <= {"seen", "unseen", "zero-shot"} and (named["votes"] > 0).all()
+    words = pd.read_csv(explain / "image_words.csv")
+    assert words.groupby(["filter", "image"]).ngroups <= 320 * 5
+    summary = pd.read_csv(explain / "filter_summary.csv")
+    assert summary["agreement"].between(0, 1 + 1e-6).all()
+    cards = sorted(explain.glob("filter_card_*.png"))
+    assert len(cards) == 2 and {int(p.stem.split("_")[-1]) for p in cards} <= set(summary["filter"])
+    lookup = pd.read_csv(explain / "lookup_car.csv")
+    assert list(lookup["rank"]) == list(range(1, 11)) and lookup["score"].is_monotonic_decreasing
+    recall = pd.read_csv(explain / "recall.csv")
+    assert {"attention/paper", "attention/soft_mask", "frequency", "netdissect"} <= set(recall["method"])
+    assert set(recall["subset"]) == {"all", "seen", "unseen"} and recall["recall"].dropna().between(0, 1).all()
+    assert (explain / "recall.png").is_file()
+    cells = json.loads(executed.read_text())["cells"]
+    pictures = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+    assert pictures >= 3 + 1 + 1  # static browser cards, look-up bars, recall bars
+
+
+@pytest.mark.notebook
+def test_explain_notebook_says_when_the_mapper_is_missing(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="run 01_train_explainer"):
+        _run("02_explain_filters.ipynb", tmp_path, output_dir=str(tmp_path), **SMALL)
