@@ -46,7 +46,10 @@ class GammaCalibration:
         Share of the seen concepts kept as pseudo-seen.
     k : int
         Recall@k (filter level) or top-k accuracy (mask level) used for H.
-    method, attention, p, s : explanation settings for the filter level.
+    method, attention, p, s, hubness : explanation settings for the filter level.
+    vocabulary : "concepts" or Vocabulary or list of str
+        Candidate words at the filter level: tune gamma with the candidates you
+        will explain with (an open vocabulary needs its own gamma).
     seed : int
 
     Examples
@@ -57,7 +60,8 @@ class GammaCalibration:
 
     def __init__(self, store, space, mapper: Mapper, *, level: str = "filter", gammas=None,
                  inner_fraction: float = 0.7, k: int = 20, method: str = "attention", attention: str = "soft_mask",
-                 p: int = 25, s: int = 5, seed: int = 0, show_progress: bool = False):
+                 p: int = 25, s: int = 5, vocabulary="concepts", hubness: str | None = None, seed: int = 0,
+                 show_progress: bool = False):
         if level not in ("filter", "mask"):
             raise ValueError(f"level must be 'filter' or 'mask', not {level!r}")
         self.store, self.space, self.mapper = store, space, mapper
@@ -65,6 +69,7 @@ class GammaCalibration:
         self.gammas = np.round(np.arange(0, 0.501, 0.01), 4) if gammas is None else np.asarray(gammas, float)
         self.inner_fraction = inner_fraction
         self.method, self.attention, self.p, self.s = method, attention, p, s
+        self.vocabulary, self.hubness = vocabulary, hubness
         self.show_progress = show_progress
 
     def split(self) -> tuple[list, list]:
@@ -130,11 +135,15 @@ class GammaCalibration:
         from .evaluate import RecallEvaluator, recall
         from .explain import FilterExplainer
         candidates = sorted(self.mapper.seen)
-        explainer = FilterExplainer(self.store, mapper, self.space, vocabulary="concepts", method=self.method,
-                                    attention=self.attention, p=self.p, s=self.s, calibrated=False)
+        explainer = FilterExplainer(self.store, mapper, self.space, vocabulary=self.vocabulary, method=self.method,
+                                    attention=self.attention, p=self.p, s=self.s, calibrated=False,
+                                    hubness=self.hubness)
         pairs = explainer.pairs()
         vectors = mapper.embed(explainer.pair_features(pairs))
         scores = vectors @ explainer.vectors.T
+        local = explainer._word_hubness(vectors)
+        if local is not None:
+            scores = 2 * scores - local
         words = np.asarray(explainer.words, dtype=object)
         is_inner = torch.tensor([w in set(inner) for w in explainer.words], dtype=torch.float32)
         truth = RecallEvaluator(self.store, inner, held, stuff=self.store.stuff).truth(pairs)

@@ -60,6 +60,11 @@ class FilterExplainer:
         Words each image votes for.
     image_k : int
         Words kept per (filter, image) in :meth:`image_words` (at least ``s``).
+    hubness : {None, "csls"}
+        ``"csls"`` ranks by cross-domain similarity local scaling (Lample et al.,
+        2018): 2 cos(v, w) - r_w, where r_w is word w's mean cosine to its
+        ``hubness_k`` nearest explanation vectors; it demotes "hub" words that are
+        near every vector.
     top_words : int
         Words returned per filter.
     calibrated : bool or float
@@ -73,7 +78,8 @@ class FilterExplainer:
     def __init__(self, store, mapper, space, vocabulary=None, *, method: str = "attention",
                  attention: str = "soft_mask", p: int = 25, s: int = 5, top_words: int = 10,
                  calibrated=True, model=None, dataset=None, device="cpu", batch_pairs: int = 1024,
-                 image_k: int = 20, show_progress: bool = False):
+                 image_k: int = 20, hubness: str | None = None, hubness_k: int = 10,
+                 show_progress: bool = False):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if attention not in ATTENTION_FORMS:
@@ -84,6 +90,9 @@ class FilterExplainer:
         self.store, self.mapper, self.space = store, mapper, space
         self.method, self.attention, self.p, self.s, self.top_words = method, attention, p, s, top_words
         self.image_k = max(s, image_k)
+        if hubness not in (None, "csls"):
+            raise ValueError(f"hubness must be None or 'csls', not {hubness!r}")
+        self.hubness, self.hubness_k = hubness, hubness_k
         self.model, self.dataset = model, dataset
         self.device = resolve_device(device)
         self.batch_pairs = batch_pairs
@@ -181,9 +190,13 @@ class FilterExplainer:
         if key not in self._cache:
             pairs = self.pairs(filters)
             vectors = self.mapper.embed(self.pair_features(pairs))
+            local = self._word_hubness(vectors)
             scores_top, index_top = [], []
             for chunk in vectors.split(2048):
-                scores = chunk @ self.vectors.T - self._bias
+                scores = chunk @ self.vectors.T
+                if local is not None:
+                    scores = 2 * scores - local
+                scores = scores - self._bias
                 top = scores.topk(min(self.image_k, scores.shape[1]), dim=1)
                 scores_top.append(top.values)
                 index_top.append(top.indices)
@@ -192,6 +205,14 @@ class FilterExplainer:
             index_top = torch.cat(index_top) if index_top else torch.zeros(0, s, dtype=torch.long)
             self._cache[key] = (pairs, vectors, index_top, scores_top)
         return self._cache[key]
+
+    def _word_hubness(self, vectors: torch.Tensor) -> torch.Tensor | None:
+        """r_w: each word's mean cosine to its k nearest explanation vectors; (V,)."""
+        if self.hubness is None or len(vectors) == 0:
+            return None
+        k = min(self.hubness_k, len(vectors))
+        return torch.cat([(chunk @ vectors.T).topk(k, dim=1).values.mean(1)
+                          for chunk in self.vectors.split(2048)])
 
     def explain(self, filters=None) -> pd.DataFrame:
         """Explain filters (default: every filter of the layer).

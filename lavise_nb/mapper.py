@@ -105,7 +105,7 @@ class TrainingConfig:
     seed: int = 0
     val_fraction: float = 0.2
     pooling: str = "mass"
-    dropout: float = 0.1
+    dropout: float = 0.5
     margin: float = 1.0
     lr: float = 1e-3
     batch_size: int = 256

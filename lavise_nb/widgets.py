@@ -429,6 +429,105 @@ def lookup_widget(explainer, query: str = "wheel", k: int = 10, interactive: boo
     return LookupWidget(explainer, query, k, interactive)
 
 
+# --- calibration: calibrated vs uncalibrated words
+__all__ += ["calibration_compare", "CalibrationCompare"]
+
+
+class CalibrationCompare:
+    """Side by side: a filter's words with and without calibrated stacking.
+
+    Built by :func:`calibration_compare`.
+
+    Attributes
+    ----------
+    widget : ipywidgets.VBox
+    result : pandas.DataFrame
+        ``rank, uncalibrated, uncalibrated_kind, calibrated, calibrated_kind`` for the selected filter.
+    table : pandas.DataFrame
+        Per filter: the first word of each and whether a non-seen word gained a place.
+    """
+
+    def __init__(self, raw, calibrated, filters=None, filter=None, interactive: bool = True, static_filters: int = 5):
+        import ipywidgets as W
+
+        self.raw = raw.explain(filters)
+        self.calibrated = calibrated.explain(filters)
+        self.gamma, self.interactive, self.static_filters = calibrated.gamma, interactive, static_filters
+        self.table = self._table()
+        ids = sorted(self.table["filter"])
+        self._slider = W.SelectionSlider(options=ids, value=filter if filter in ids else ids[0], description="filter")
+        self._out = W.Output()
+        self._slider.observe(lambda change: self.select(change["new"]), names="value")
+        self.widget = W.VBox([W.HTML(f"<b>calibrated stacking</b>: gamma = {self.gamma:.2f} subtracted from "
+                                     "seen-concept scores"), self._slider, self._out])
+        self.select(self._slider.value)
+
+    def _table(self) -> pd.DataFrame:
+        def firsts(table):
+            return table[table["rank"] == 1].set_index("filter")[["word", "kind"]]
+        merged = firsts(self.raw).join(firsts(self.calibrated), lsuffix="_uncalibrated", rsuffix="_calibrated")
+        unseen = self.calibrated[self.calibrated["kind"] != "seen"].groupby("filter").size()
+        unseen_raw = self.raw[self.raw["kind"] != "seen"].groupby("filter").size()
+        merged["non_seen_words_gained"] = unseen.reindex(merged.index, fill_value=0) - \
+            unseen_raw.reindex(merged.index, fill_value=0)
+        return merged.reset_index()
+
+    def select(self, filter: int) -> pd.DataFrame:
+        """Compare the words of one filter; returns (and keeps in :attr:`result`) the side-by-side table."""
+        def words(table, name):
+            part = table[(table["filter"] == filter) & (table["rank"] > 0)][["rank", "word", "kind"]]
+            return part.rename(columns={"word": name, "kind": f"{name}_kind"}).set_index("rank")
+        self.result = words(self.raw, "uncalibrated").join(words(self.calibrated, "calibrated"), how="outer") \
+            .reset_index()
+        if self.interactive:
+            self._out.clear_output(wait=True)
+            with self._out:
+                _display(self._styled(self.result))
+        return self.result
+
+    @staticmethod
+    def _styled(table: pd.DataFrame):
+        colours = {"unseen": "color: #c00000", "zero-shot": "color: #2a7a2a; font-style: italic", "seen": ""}
+
+        def paint(column):
+            kinds = table[f"{column.name}_kind"]
+            return [colours.get(k, "") for k in kinds]
+        return table.style.apply(paint, subset=["uncalibrated", "calibrated"]).hide(
+            ["uncalibrated_kind", "calibrated_kind"], axis="columns")
+
+    def _ipython_display_(self):
+        if self.interactive:
+            _display(self.widget)
+            return
+        print(f"gamma = {self.gamma:.2f}; unseen concepts red, zero-shot words green italic")
+        _display(self.table.head(20))
+        changed = self.table[self.table["word_uncalibrated"] != self.table["word_calibrated"]]
+        for f in (changed if len(changed) else self.table)["filter"].head(self.static_filters):
+            print(f"filter {f}")
+            _display(self._styled(self.select(int(f))))
+
+
+def calibration_compare(raw, calibrated, filters=None, filter=None, interactive: bool = True,
+                        static_filters: int = 5) -> CalibrationCompare:
+    """Compare a filter's words with and without calibrated stacking.
+
+    Parameters
+    ----------
+    raw, calibrated : FilterExplainer
+        The same explainer settings with ``calibrated=False`` and ``calibrated=True``.
+    filters : list of int, optional
+        Filters to compare (default all).
+    interactive : bool
+        False: displaying renders the per-filter table and a few filters whose first word changed.
+
+    Returns
+    -------
+    CalibrationCompare
+        ``.widget``, ``.select(filter)``, ``.result``, ``.table``.
+    """
+    return CalibrationCompare(raw, calibrated, filters, filter, interactive, static_filters)
+
+
 # --- bias analysis (lavise_nb.bias): browse filters that differ between groups
 __all__ += ["bias_browser", "BiasBrowser"]
 

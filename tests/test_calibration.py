@@ -10,7 +10,7 @@ SEEN = ["red", "green", "blue", "yellow", "circle", "square", "stripes", "dots",
 
 @pytest.fixture(scope="module")
 def mapper(tiny_store):
-    return ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, margin=0.1, max_epochs=15,
+    return ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, margin=0.1, dropout=0.1, max_epochs=15,
                             show_progress=False).fit()
 
 

@@ -11,7 +11,7 @@ SEEN = ["red", "green", "blue", "circle", "square", "stripes", "dots", "plain"]
 
 @pytest.fixture(scope="module")
 def mapper(tiny_store):
-    return ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, margin=0.1, max_epochs=40,
+    return ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, margin=0.1, dropout=0.1, max_epochs=40,
                             show_progress=False).fit()
 
 

@@ -24,7 +24,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def mapper(tiny_store, space):
-    return ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, max_epochs=40, show_progress=False).fit()
+    return ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, dropout=0.1, max_epochs=40, show_progress=False).fit()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def mapper(tiny_store, space):
-    return ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, max_epochs=40, show_progress=False).fit()
+    return ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, dropout=0.1, max_epochs=40, show_progress=False).fit()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _shown(obj):
 
 def test_training_monitor_follows_the_callback(tiny_store, space):
     monitor = training_monitor(max_epochs=5, interactive=True, show_progress=False)
-    mapper = ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, max_epochs=5, show_progress=False
+    mapper = ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, dropout=0.1, max_epochs=5, show_progress=False
                               ).fit(callback=monitor.callback)
     assert len(monitor.history) == len(mapper.history) == 5
     pd.testing.assert_frame_equal(monitor.history, mapper.history.drop(columns="best"))
@@ -102,3 +102,18 @@ def test_lookup_widget(explainer):
     assert any("image/png" in o.data for o in outputs)
     ui.search("notaword_xyz")
     assert ui.result.empty and "cannot look up" in ui.message
+
+
+def test_calibration_compare_shows_both_rankings(tiny_store, mapper, space):
+    from lavise_nb.widgets import calibration_compare
+    raw = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=False)
+    calibrated = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=0.5)
+    ui = calibration_compare(raw, calibrated, filters=[0, 1, 2], interactive=False)
+    result = ui.select(0)
+    expected_raw = raw.explain([0])
+    assert result["uncalibrated"].tolist()[:len(expected_raw)] == expected_raw["word"].tolist()
+    assert result["calibrated"].dropna().tolist() == calibrated.explain([0])["word"].tolist()
+    assert set(ui.table["filter"]) == {0, 1, 2}
+    # a large gamma pushes seen concepts down, so calibrated lists hold at least as many non-seen words
+    assert (ui.table["non_seen_words_gained"] >= 0).all()
+    assert _shown(ui)
