@@ -363,6 +363,36 @@ def lookup_bars(lookup_table: pd.DataFrame, ax=None):
     return ax
 
 
+# --- calibration
+__all__ += ["gamma_curve"]
+
+
+def gamma_curve(gamma_table: pd.DataFrame, chosen: float | None = None, ax=None):
+    """Seen, unseen and harmonic-mean H against the calibration offset gamma.
+
+    Parameters
+    ----------
+    gamma_table : pandas.DataFrame
+        ``GammaCalibration.table()`` (columns gamma, seen, unseen, H, level, k).
+    chosen : float, optional
+        The selected gamma, marked by a vertical line (default: the best H).
+    """
+    ax = _new_axes(ax, (5.5, 3.2))
+    for column, style in (("seen", "-"), ("unseen", "--"), ("H", "-")):
+        ax.plot(gamma_table["gamma"], gamma_table[column], style, label=column, lw=2.2 if column == "H" else 1.4)
+    chosen = gamma_table.loc[gamma_table["H"].idxmax(), "gamma"] if chosen is None else chosen
+    ax.axvline(chosen, color="grey", lw=1, ls=":")
+    ax.annotate(f"gamma = {chosen:.2f}", (chosen, ax.get_ylim()[1]), xytext=(4, -12), textcoords="offset points",
+                fontsize=8, color="grey")
+    level = gamma_table["level"].iloc[0] if "level" in gamma_table else ""
+    k = gamma_table["k"].iloc[0] if "k" in gamma_table else ""
+    ax.set(xlabel="gamma (subtracted from seen-concept scores)",
+           ylabel=f"{'recall' if level == 'filter' else 'accuracy'}@{k}",
+           title="calibration on the inner split (pseudo-seen / pseudo-unseen)")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
 # --- bias analysis (lavise_nb.bias): paired share bars, volcano plot, per-group image gallery
 __all__ += ["bias_bars", "bias_volcano", "bias_gallery"]
 

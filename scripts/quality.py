@@ -16,14 +16,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lavise_nb import (ActivationStore, ExplainerTrainer, FilterExplainer, RecallEvaluator, Vocabulary,
-                       load_model, load_word_space, recalibrate_batchnorm, stamp_scenes)
+from lavise_nb import (ActivationStore, ExplainerTrainer, Vocabulary, load_model, load_word_space,
+                       recalibrate_batchnorm, stamp_scenes)
 from lavise_nb.calibration import GammaCalibration
 from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import compare_methods
 
-METHODS = (("attention", "paper"), ("attention", "code"), ("attention", "soft_mask"),
+METHODS = (("attention", "soft_mask"), ("attention", "paper"), ("attention", "code"),
            ("activation_masking", "paper"), ("original", "paper"))
+DEFAULT_METHODS = (("attention", "soft_mask"), ("activation_masking", "paper"))
 
 
 def parse() -> argparse.Namespace:
@@ -33,6 +34,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--layers", nargs="+", default=["_blocks.15", "_blocks.10", "_blocks.5"])
     parser.add_argument("--seen-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seen_fraction", "open_vocabulary", "random"],
+                        help="leave experiments out")
     parser.add_argument("--image-masking", action="store_true", help="also run image masking (slow on CPU)")
     parser.add_argument("--device", default="auto")
     return parser.parse_args()
@@ -44,8 +47,8 @@ def tagged(table: pd.DataFrame, **tags) -> pd.DataFrame:
 
 def headline(recall: pd.DataFrame, k: int = 20) -> pd.DataFrame:
     view = recall[(recall["ground"] == "objects") & (recall["k"] == k)]
-    return view.pivot_table(index=["experiment", "layer", "method", "calibrated"], columns=["words_from", "subset"],
-                            values="recall").round(3)
+    index = [c for c in ("experiment", "layer", "seen_fraction", "candidates", "method", "calibrated") if c in view]
+    return view.pivot_table(index=index, columns=["words_from", "subset"], values="recall").round(3)
 
 
 def main() -> None:
@@ -58,41 +61,56 @@ def main() -> None:
     space = load_word_space()
     results, gammas = [], []
 
-    def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts", extra=None):
+    def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts",
+            calibrations=(False, True), baselines=True):
         mapper = ExplainerTrainer(store, space, seen_fraction=seen_fraction, seed=args.seed).fit()
-        calibration = GammaCalibration(store, space, mapper, level="filter", seed=args.seed)
-        calibration.fit()
-        gammas.append(mapper.gamma_table.assign(experiment=name, layer=store.layer, seen_fraction=seen_fraction))
-        for calibrated in (False, True):
+        if True in calibrations:
+            GammaCalibration(store, space, mapper, level="filter", vocabulary=vocabulary, seed=args.seed,
+                             gammas=[round(0.02 * i, 2) for i in range(26)]).fit()
+            gammas.append(mapper.gamma_table.assign(experiment=name, layer=store.layer, seen_fraction=seen_fraction))
+        words = None
+        for calibrated in calibrations:
             recall, words = compare_methods(store, mapper, space, vocabulary, methods, calibrated=calibrated,
-                                            netdissect=not calibrated, frequency=not calibrated,
+                                            netdissect=baselines and not calibrated,
+                                            frequency=baselines and not calibrated,
                                             model=layer_model, dataset=dataset, model_name=layer_model.name)
             results.append(tagged(recall, experiment=name, calibrated=calibrated, gamma=mapper.gamma,
-                                  seen_fraction=seen_fraction, candidates=str(vocabulary)[:20], **(extra or {})))
+                                  seen_fraction=seen_fraction,
+                                  candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name))
+            pd.concat(results, ignore_index=True).to_csv(out / "recall.partial.csv", index=False)
+            print(name, store.layer, seen_fraction, calibrated, "\n", headline(results[-1].assign(
+                experiment=name, calibrated=calibrated)).to_string(), flush=True)
         return mapper, words
 
     methods = METHODS + ((("image_masking", "paper"),) if args.image_masking else ())
     default_words = None
     for layer in args.layers:
         store = ActivationStore.build(model, layer, dataset)
-        _, words = run(store, "layers", model, methods=methods)
-        if layer == args.layers[0]:
+        first = layer == args.layers[0]
+        _, words = run(store, "layers", model, methods=methods if first else DEFAULT_METHODS)
+        if first:
             default_words = words
     default_store = ActivationStore.build(model, args.layers[0], dataset)
 
-    for fraction in args.seen_fractions:
-        run(default_store, "seen_fraction", model, seen_fraction=fraction, methods=(("attention", "soft_mask"),))
+    if "random" not in args.skip:
+        random_model = load_model("efficientnet-lite0", random_init=True, seed=args.seed, device=args.device)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate_samples)
+        recalibrate_batchnorm(random_model, loader, max_batches=8)
+        random_store = ActivationStore.build(random_model, args.layers[0], dataset)
+        run(random_store, "random_network", random_model, methods=DEFAULT_METHODS, calibrations=(False,))
+
+    for fraction in ([] if "seen_fraction" in args.skip else args.seen_fractions):
+        run(default_store, "seen_fraction", model, seen_fraction=fraction, methods=DEFAULT_METHODS,
+            calibrations=(True,), baselines=False)
 
     nouns = Vocabulary.concrete_nouns(space)
-    run(default_store, "open_vocabulary", model, methods=(("attention", "soft_mask"),), vocabulary=nouns)
+    if "open_vocabulary" not in args.skip:
+        run(default_store, "open_vocabulary", model, methods=DEFAULT_METHODS, vocabulary=nouns, baselines=False)
 
-    random_model = load_model("efficientnet-lite0", random_init=True, seed=args.seed, device=args.device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate_samples)
-    recalibrate_batchnorm(random_model, loader, max_batches=8)
-    random_store = ActivationStore.build(random_model, args.layers[0], dataset)
-    run(random_store, "random_network", random_model, methods=(("attention", "soft_mask"),
-                                                                 ("activation_masking", "paper")))
+    finish(out, args, started, results, gammas, default_words)
 
+
+def finish(out, args, started, results, gammas, default_words) -> None:
     recall = pd.concat(results, ignore_index=True)
     recall.to_csv(out / "recall.csv", index=False)
     pd.concat(gammas, ignore_index=True).to_csv(out / "gamma.csv", index=False)

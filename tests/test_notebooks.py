@@ -11,9 +11,10 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 COMMON = ["model", "layer", "n_images", "seed", "word_space", "output_dir", "interactive", "show_progress",
           "store_root"]
 DOCUMENTED = {
-    "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction"],
+    "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction", "calibrate",
+                                          "calibration_vocabulary"],
     "02_explain_filters.ipynb": COMMON + ["vocabulary", "method", "attention", "p", "s", "top_words", "n_cards",
-                                          "query", "recall_k", "compare"],
+                                          "query", "recall_k", "compare", "calibrated", "hubness"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -51,7 +52,7 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     out, executed, _ = ran
     train = out / "train"
     for name in ("mapper.pt", "history.csv", "accuracy.csv", "concept_split.csv", "training_curves.png",
-                 "settings.json", "layers.csv", "concepts.csv"):
+                 "settings.json", "layers.csv", "concepts.csv", "gamma.csv", "gamma.png"):
         assert (train / name).is_file(), name
     history = pd.read_csv(train / "history.csv")
     assert list(history["epoch"]) == [0, 1] and history["best"].sum() >= 1
@@ -59,6 +60,9 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     assert (history["seen_top5"] >= history["seen_top1"]).all()
     split = pd.read_csv(train / "concept_split.csv")
     assert set(split["split"]) == {"seen", "unseen"} and split["concept"].is_unique
+    gamma = pd.read_csv(train / "gamma.csv")
+    assert list(gamma.columns) == ["gamma", "seen", "unseen", "H", "level", "k"]
+    assert gamma["H"].between(0, 1).all() and len(gamma) == 26
     settings = json.loads((train / "settings.json").read_text())
     assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15"
     cells = json.loads(executed.read_text())["cells"]
@@ -88,6 +92,8 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     assert {"attention/paper", "attention/soft_mask", "frequency", "netdissect"} <= set(recall["method"])
     assert set(recall["subset"]) == {"all", "seen", "unseen"} and recall["recall"].dropna().between(0, 1).all()
     assert (explain / "recall.png").is_file()
+    comparison = pd.read_csv(explain / "calibration_comparison.csv")
+    assert len(comparison) == 320 and {"word_uncalibrated", "word_calibrated"} <= set(comparison.columns)
     cells = json.loads(executed.read_text())["cells"]
     pictures = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
     assert pictures >= 3 + 1 + 1  # static browser cards, look-up bars, recall bars
