@@ -142,7 +142,7 @@ class FilterExplainer:
         chunks = range(0, len(pairs), self.batch_pairs)
         for start in progress(chunks, enabled=self.show_progress, desc=f"features ({self.method})"):
             part = pairs.iloc[start:start + self.batch_pairs]
-            filters = torch.as_tensor(part["filter"].to_numpy(), dtype=torch.long)
+            filters = torch.tensor(part["filter"].to_numpy(), dtype=torch.long)
             if self.method == "image_masking":
                 out[start:start + len(part)] = self._image_masking(part, filters, thresholds)
                 continue

@@ -46,3 +46,21 @@ def tiny_store(tmp_path_factory, tiny_model, shapes):
     root = tmp_path_factory.mktemp("stores")
     return ActivationStore.build(tiny_model, "features.1", shapes, root=root, batch_size=32, num_workers=0,
                                  show_progress=False)
+
+
+SEEN_SHAPES = ["red", "green", "blue", "yellow", "circle", "square", "stripes", "dots", "plain"]
+
+
+@pytest.fixture(scope="session")
+def space():
+    """GloVe vectors of ShapesWorld's words plus distractors."""
+    from tests.helpers import shapes_space
+    return shapes_space()
+
+
+@pytest.fixture(scope="session")
+def mapper(tiny_store, space):
+    """An explainer head trained on the tiny store (seen: SEEN_SHAPES)."""
+    from lavise_nb.mapper import ExplainerTrainer
+    return ExplainerTrainer(tiny_store, space, seen=SEEN_SHAPES, margin=0.1, dropout=0.1, max_epochs=40,
+                            show_progress=False).fit()

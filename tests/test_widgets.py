@@ -14,17 +14,7 @@ from lavise_nb.widgets import filter_browser, lookup_widget, training_monitor
 from tests.conftest import COLOUR_FILTERS
 from tests.helpers import shapes_space
 
-SEEN = ["red", "green", "blue", "yellow", "circle", "square", "stripes", "dots", "plain"]
-
-
-@pytest.fixture(scope="module")
-def space():
-    return shapes_space()
-
-
-@pytest.fixture(scope="module")
-def mapper(tiny_store, space):
-    return ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, dropout=0.1, max_epochs=40, show_progress=False).fit()
+from tests.conftest import SEEN_SHAPES as SEEN
 
 
 @pytest.fixture(scope="module")
