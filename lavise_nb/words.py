@@ -1007,8 +1007,8 @@ def fetch_wordnet(package: str = "wordnet-base") -> Path:
         return data_noun
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise RuntimeError(
-            f"fetching WordNet needs apt-get and dpkg-deb (Debian/Ubuntu). Elsewhere, get "
-            f"WordNet 3.0's data.noun and pass it as Vocabulary.concrete_nouns(space, data_noun=PATH)."
+            "fetching WordNet needs apt-get and dpkg-deb (Debian/Ubuntu). Elsewhere, get "
+            "WordNet 3.0's data.noun and pass it as Vocabulary.concrete_nouns(space, data_noun=PATH)."
         )
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         tmp = Path(tmp)

@@ -5,11 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lavise_nb.explain import EXPLANATION_COLUMNS, FilterExplainer
-from lavise_nb.mapper import ExplainerTrainer
 from tests.conftest import COLOUR_FILTERS
-from tests.helpers import shapes_space
 
-from tests.conftest import SEEN_SHAPES as SEEN
 
 
 @pytest.mark.parametrize("method,attention", [("attention", "soft_mask"), ("activation_masking", "paper")])

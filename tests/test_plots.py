@@ -9,12 +9,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from lavise_nb.explain import FilterExplainer
-from lavise_nb.mapper import ExplainerTrainer
 from lavise_nb.plots import KIND_STYLE, filter_card, filter_summary, lookup_bars, recall_bars, training_curves
 from tests.conftest import COLOUR_FILTERS
-from tests.helpers import shapes_space
 
-from tests.conftest import SEEN_SHAPES as SEEN
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import ExplainerTrainer
 from lavise_nb.widgets import filter_browser, lookup_widget, training_monitor
 from tests.conftest import COLOUR_FILTERS
-from tests.helpers import shapes_space
 
 from tests.conftest import SEEN_SHAPES as SEEN
 
