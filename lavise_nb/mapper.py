@@ -21,7 +21,7 @@ from torch import nn
 from ._progress import progress
 from .probe import resolve_device
 
-__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table"]
+__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels"]
 
 
 class ExplainerHead(nn.Module):
@@ -255,6 +255,13 @@ class ExplainerTrainer:
     restrict_to : list of str, optional
         Use only these annotated concepts (others are never read); calibration
         uses it to keep the real unseen concepts out of its inner split.
+    weak_labels : pandas.DataFrame, optional
+        Extra whole-image labels (columns ``image``, ``label``), e.g. the target
+        model's own ImageNet predictions (:func:`model_labels`). They widen the
+        label space the head learns; labels sharing a token with any annotated
+        concept are dropped so that unseen concepts stay unseen.
+    weak_weight : float
+        Loss weight of weak-label pairs.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
@@ -264,8 +271,8 @@ class ExplainerTrainer:
     >>> mapper.history.tail()                                    # doctest: +SKIP
     """
 
-    def __init__(self, store, space, *, missing: str = "error", restrict_to=None, device="cpu",
-                 show_progress: bool = True, **settings):
+    def __init__(self, store, space, *, missing: str = "error", restrict_to=None, weak_labels=None,
+                 weak_weight: float = 0.5, device="cpu", show_progress: bool = True, **settings):
         self.store = store
         self.space = space
         self.config = TrainingConfig(**settings)
@@ -278,6 +285,20 @@ class ExplainerTrainer:
         self.seen, self.unseen = self._split()
         self.pairs = pair_table(store)
         self._pooled = None
+        self.weak_weight = weak_weight
+        self.weak_names, self.weak_vectors, self.weak = self._weak(weak_labels, store.concepts)
+
+    def _weak(self, labels, annotated) -> tuple[list, torch.Tensor, pd.DataFrame]:
+        if labels is None or len(labels) == 0:
+            return [], torch.zeros(0, self.concept_vectors.shape[1]), pd.DataFrame(columns=["image", "label"])
+        tokens = {t for name in annotated for t in name.replace("-", " ").split()}
+        names = sorted(n for n in set(labels["label"]) if not tokens & set(n.replace("-", " ").split()))
+        embedding = self.space.embed(names, missing="skip") if names else None
+        kept = list(embedding.names) if embedding is not None else []
+        vectors = torch.as_tensor(np.asarray(embedding.vectors), dtype=torch.float32) if kept else \
+            torch.zeros(0, self.concept_vectors.shape[1])
+        rows = labels[labels["label"].isin(set(kept))].reset_index(drop=True)
+        return kept, vectors, rows
 
     def _split(self) -> tuple[list, list]:
         if self.config.seen is not None:
@@ -340,17 +361,30 @@ class ExplainerTrainer:
         zs_rows = np.flatnonzero(has_unseen)
 
         seen_index = {c: i for i, c in enumerate(self.seen)}
-        seen_vectors = self.concept_vectors[[self.concepts.index(c) for c in self.seen]].to(self.device)
-        positives = torch.zeros(len(self.pairs), len(self.seen))
+        seen_vectors = self.concept_vectors[[self.concepts.index(c) for c in self.seen]]
+        label_vectors = torch.cat([seen_vectors, self.weak_vectors]).to(self.device)
+        positives = torch.zeros(len(self.pairs), len(label_vectors))
         for row, names in enumerate(seen_targets):
             for name in names:
                 positives[row, seen_index[name]] = 1.0
+        weights = torch.ones(len(self.pairs))
+        if len(self.weak):
+            weak = self.weak[~np.isin(self.weak["image"], self.pairs["image"][val].unique())]
+            weak_index = {c: len(self.seen) + i for i, c in enumerate(self.weak_names)}
+            weak_pos = torch.zeros(len(weak), len(label_vectors))
+            weak_pos[torch.arange(len(weak)), torch.tensor([weak_index[c] for c in weak["label"]])] = 1.0
+            start = len(pooled)
+            pooled = torch.cat([pooled, self.store.features(weak["image"].to_numpy()).mean(dim=(2, 3))])
+            positives = torch.cat([positives, weak_pos])
+            weights = torch.cat([weights, torch.full((len(weak),), self.weak_weight)])
+            train_rows = np.concatenate([train_rows, start + np.arange(len(weak))])
 
         head = ExplainerHead(pooled.shape[1], self.concept_vectors.shape[1], cfg.dropout).to(self.device)
         optimiser = torch.optim.Adam(head.parameters(), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, patience=cfg.plateau_patience, factor=0.5)
         x_all = pooled.to(self.device)
         pos_all = positives.to(self.device)
+        w_all = weights.to(self.device)
         best, best_loss, since_best, rows = None, math.inf, 0, []
         generator = torch.Generator().manual_seed(cfg.seed)
         epochs = progress(range(cfg.max_epochs), enabled=self.show_progress, desc="train explainer")
@@ -361,14 +395,14 @@ class ExplainerTrainer:
             for chunk in order.split(cfg.batch_size):
                 if len(chunk) < 2:
                     continue
-                loss = self._loss(head(x_all[chunk]), pos_all[chunk], seen_vectors)
+                loss = self._loss(head(x_all[chunk]), pos_all[chunk], label_vectors, w_all[chunk])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(chunk)
             head.eval()
             with torch.no_grad():
-                val_loss = self._loss(head(x_all[val_rows]), pos_all[val_rows], seen_vectors).item() \
+                val_loss = self._loss(head(x_all[val_rows]), pos_all[val_rows], label_vectors).item() \
                     if len(val_rows) else total / len(train_rows)
             scheduler.step(val_loss)
             row = self._epoch_row(epoch, total / len(train_rows), val_loss, head, x_all, val_rows, zs_rows,
@@ -389,11 +423,14 @@ class ExplainerTrainer:
         return Mapper(head.cpu(), self.concepts, self.seen, self.unseen, self.space.space_id,
                       self.store.layer, self.store.manifest["key"]["model"], _plain(asdict(cfg)), history)
 
-    def _loss(self, vectors: torch.Tensor, positives: torch.Tensor, seen_vectors: torch.Tensor) -> torch.Tensor:
-        cos = vectors @ seen_vectors.T
+    def _loss(self, vectors: torch.Tensor, positives: torch.Tensor, label_vectors: torch.Tensor,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+        cos = vectors @ label_vectors.T
         positive = (cos * positives).sum(1) / positives.sum(1).clamp_min(1)
-        hinge = (self.config.margin - positive[:, None] + cos).clamp_min(0) * (1 - positives)
-        return hinge.sum(1).mean()
+        hinge = ((self.config.margin - positive[:, None] + cos).clamp_min(0) * (1 - positives)).sum(1)
+        if weights is None:
+            return hinge.mean()
+        return (hinge * weights).sum() / weights.sum()
 
     def _epoch_row(self, epoch, train_loss, val_loss, head, x_all, val_rows, zs_rows, seen_targets,
                    unseen_targets, optimiser) -> dict:
@@ -423,3 +460,44 @@ def pooled_pairs(store, pairs: pd.DataFrame, pooling: str = "mass", batch_images
         masks = store.object_masks_small(objects[rows])
         out[rows] = pool_features(features[local], masks, pooling)
     return out
+
+
+def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, batch_size: int = 64,
+                 device="cpu", show_progress: bool = True) -> pd.DataFrame:
+    """The target model's own ImageNet predictions for each image, as weak labels.
+
+    Parameters
+    ----------
+    model : TargetModel
+        An ImageNet classifier (1000 outputs in torchvision's class order).
+    dataset : torch.utils.data.Dataset
+        Follows the sample contract of :mod:`lavise_nb.datasets`.
+    top : int
+        Classes kept per image.
+    min_probability : float
+        Softmax probability a class needs to be kept.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``image, label, probability`` (labels are lower-case class names).
+    """
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    from .datasets import collate_samples
+
+    names = [n.lower() for n in _IMAGENET_CATEGORIES]
+    device = resolve_device(device)
+    model.to(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
+    rows = []
+    with torch.no_grad():
+        for batch in progress(loader, enabled=show_progress, desc="model labels"):
+            logits = model.module(batch["images"].to(device)).float()
+            if logits.shape[-1] != len(names):
+                raise ValueError(f"the model has {logits.shape[-1]} outputs, not ImageNet's {len(names)}")
+            probs, classes = logits.softmax(-1).topk(top, dim=1)
+            for image, p_row, c_row, error in zip(batch["index"].tolist(), probs.tolist(), classes.tolist(),
+                                                  batch["errors"]):
+                rows += [(image, names[c], p) for p, c in zip(p_row, c_row) if p >= min_probability and not error]
+    return pd.DataFrame(rows, columns=["image", "label", "probability"])

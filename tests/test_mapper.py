@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import torch
 
@@ -71,3 +72,28 @@ def test_missing_concept_words_are_reported(tiny_store):
     with pytest.warns(UserWarning, match="checkers"):
         trainer = ExplainerTrainer(tiny_store, space, missing="skip", show_progress=False)
     assert "checkers" not in trainer.concepts
+
+
+def test_weak_labels_widen_the_label_space_but_never_name_annotated_concepts(tiny_store):
+    space = shapes_space()
+    weak = pd.DataFrame({"image": [0, 1, 2, 3, 4, 5], "label": ["dog", "car", "red car", "tree", "dog", "music"]})
+    trainer = ExplainerTrainer(tiny_store, space, seen=SEEN, weak_labels=weak, max_epochs=3, show_progress=False)
+    assert trainer.weak_names == ["car", "dog", "music", "tree"]  # "red car" shares "red" with a concept
+    assert set(trainer.weak["label"]) == set(trainer.weak_names) and len(trainer.weak) == 5
+    mapper = trainer.fit()
+    assert mapper.seen == sorted(SEEN) and "dog" not in mapper.concepts
+    with pytest.raises(Exception):
+        ExplainerTrainer(tiny_store, space, weak_labels=pd.DataFrame({"image": [0]}), show_progress=False)
+
+
+def test_weighted_loss_equals_mean_for_unit_weights(tiny_store):
+    trainer = ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, show_progress=False)
+    vectors = torch.nn.functional.normalize(torch.randn(4, 50), dim=1)
+    labels = torch.nn.functional.normalize(torch.randn(3, 50), dim=1)
+    positives = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    plain = trainer._loss(vectors, positives, labels)
+    assert torch.allclose(plain, trainer._loss(vectors, positives, labels, torch.ones(4)))
+    cos = vectors @ labels.T
+    expected = (1.0 - cos[0, 0] + cos[0, 1]).clamp_min(0) + (1.0 - cos[0, 0] + cos[0, 2]).clamp_min(0)
+    weighted = trainer._loss(vectors, positives, labels, torch.tensor([1.0, 0, 0, 0]))
+    assert torch.allclose(weighted, expected)
