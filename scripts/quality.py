@@ -21,6 +21,7 @@ from lavise_nb import (ActivationStore, ExplainerTrainer, Vocabulary, load_model
 from lavise_nb.calibration import GammaCalibration
 from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import compare_methods
+from lavise_nb.mapper import model_labels
 
 METHODS = (("attention", "soft_mask"), ("attention", "paper"), ("attention", "code"),
            ("activation_masking", "paper"), ("original", "paper"))
@@ -62,8 +63,9 @@ def main() -> None:
     results, gammas = [], []
 
     def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts",
-            calibrations=(False, True), baselines=True):
-        mapper = ExplainerTrainer(store, space, seen_fraction=seen_fraction, seed=args.seed).fit()
+            calibrations=(False, True), baselines=True, weak_labels=None):
+        mapper = ExplainerTrainer(store, space, seen_fraction=seen_fraction, seed=args.seed,
+                                  weak_labels=weak_labels).fit()
         if True in calibrations:
             GammaCalibration(store, space, mapper, level="filter", vocabulary=vocabulary, seed=args.seed,
                              gammas=[round(0.02 * i, 2) for i in range(26)]).fit()
@@ -106,6 +108,9 @@ def main() -> None:
     nouns = Vocabulary.concrete_nouns(space)
     if "open_vocabulary" not in args.skip:
         run(default_store, "open_vocabulary", model, methods=DEFAULT_METHODS, vocabulary=nouns, baselines=False)
+        labels = model_labels(model, dataset, top=3, min_probability=0.05)
+        run(default_store, "open_vocabulary_weak_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
+            baselines=False, weak_labels=labels)
 
     finish(out, args, started, results, gammas, default_words)
 
