@@ -8,6 +8,7 @@ layer and the model fingerprint, and loads with ``weights_only=True``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,11 +89,12 @@ def pair_table(store) -> pd.DataFrame:
     """
     objects = store.objects
     packed = np.asarray(store._masks)
-    digests = [hash(packed[i].tobytes()) for i in range(len(objects))]
+    digests = [hashlib.blake2b(packed[i].tobytes(), digest_size=8).hexdigest() for i in range(len(objects))]
     frame = objects.assign(digest=digests)
-    grouped = frame.groupby(["image", "digest"], sort=True).agg(
+    grouped = frame.groupby(["image", "digest"], sort=False).agg(
         object=("object", "first"), concepts=("concept", lambda c: tuple(sorted(set(c)))))
-    table = grouped.reset_index().drop(columns="digest")
+    table = grouped.reset_index().drop(columns="digest").sort_values("object", kind="stable")
+    table = table.reset_index(drop=True)
     table.insert(0, "pair", np.arange(len(table)))
     return table
 

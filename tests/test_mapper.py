@@ -97,3 +97,9 @@ def test_weighted_loss_equals_mean_for_unit_weights(tiny_store):
     expected = (1.0 - cos[0, 0] + cos[0, 1]).clamp_min(0) + (1.0 - cos[0, 0] + cos[0, 2]).clamp_min(0)
     weighted = trainer._loss(vectors, positives, labels, torch.tensor([1.0, 0, 0, 0]))
     assert torch.allclose(weighted, expected)
+
+
+def test_pair_table_order_is_stable(tiny_store):
+    pairs = pair_table(tiny_store)
+    assert pairs["object"].is_monotonic_increasing and pairs["pair"].tolist() == list(range(len(pairs)))
+    assert pairs.equals(pair_table(tiny_store))
