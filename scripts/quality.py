@@ -118,6 +118,7 @@ def main() -> None:
 def finish(out, args, started, results, gammas, default_words) -> None:
     recall = pd.concat(results, ignore_index=True)
     recall.to_csv(out / "recall.csv", index=False)
+    (out / "recall.partial.csv").unlink(missing_ok=True)
     pd.concat(gammas, ignore_index=True).to_csv(out / "gamma.csv", index=False)
     default_words.to_csv(out / "explanations.csv", index=False)
     summary = [f"# Quality on StampScenes ({args.n_images} scenes), EfficientNet-Lite0", "",
