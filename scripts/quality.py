@@ -46,9 +46,24 @@ def tagged(table: pd.DataFrame, **tags) -> pd.DataFrame:
     return table.assign(**tags)
 
 
+def glove_minilm(space, nouns, concepts, labels):
+    """GloVe concatenated with a MiniLM space over the words the experiments need (None without the extra)."""
+    from lavise_nb.words import combine_spaces, sentence_space
+
+    names = list(nouns.words) + list(concepts) + sorted(set(labels["label"]))
+    tokens = {t for n in names for t in n.replace("-", " ").split()}
+    words = sorted({w for w in set(names) | tokens if " " not in w and w in space})
+    try:
+        return combine_spaces(space, sentence_space(words))
+    except ImportError as error:
+        print(f"skipping the GloVe+MiniLM rows: {error}")
+        return None
+
+
 def headline(recall: pd.DataFrame, k: int = 20) -> pd.DataFrame:
     view = recall[(recall["ground"] == "objects") & (recall["k"] == k)]
     index = [c for c in ("experiment", "layer", "seen_fraction", "candidates", "method", "calibrated") if c in view]
+    view = view.assign(candidates=view["candidates"].fillna("concepts")) if "candidates" in view else view
     return view.pivot_table(index=index, columns=["words_from", "subset"], values="recall").round(3)
 
 
@@ -63,26 +78,28 @@ def main() -> None:
     results, gammas = [], []
 
     def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts",
-            calibrations=(False, True), baselines=True, weak_labels=None):
-        mapper = ExplainerTrainer(store, space, seen_fraction=seen_fraction, seed=args.seed,
+            calibrations=(False, True), baselines=True, weak_labels=None, word_space=None):
+        words = space if word_space is None else word_space
+        mapper = ExplainerTrainer(store, words, seen_fraction=seen_fraction, seed=args.seed,
                                   weak_labels=weak_labels).fit()
         if True in calibrations:
-            GammaCalibration(store, space, mapper, level="filter", vocabulary=vocabulary, seed=args.seed,
+            GammaCalibration(store, words, mapper, level="filter", vocabulary=vocabulary, seed=args.seed,
                              gammas=[round(0.02 * i, 2) for i in range(26)]).fit()
             gammas.append(mapper.gamma_table.assign(experiment=name, layer=store.layer, seen_fraction=seen_fraction))
-        words = None
+        explained = None
         for calibrated in calibrations:
-            recall, words = compare_methods(store, mapper, space, vocabulary, methods, calibrated=calibrated,
+            recall, explained = compare_methods(store, mapper, words, vocabulary, methods, calibrated=calibrated,
                                             netdissect=baselines and not calibrated,
                                             frequency=baselines and not calibrated,
                                             model=layer_model, dataset=dataset, model_name=layer_model.name)
             results.append(tagged(recall, experiment=name, calibrated=calibrated, gamma=mapper.gamma,
                                   seen_fraction=seen_fraction,
-                                  candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name))
+                                  candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name,
+                                  word_space=words.name))
             pd.concat(results, ignore_index=True).to_csv(out / "recall.partial.csv", index=False)
             print(name, store.layer, seen_fraction, calibrated, "\n", headline(results[-1].assign(
                 experiment=name, calibrated=calibrated)).to_string(), flush=True)
-        return mapper, words
+        return mapper, explained
 
     methods = METHODS + ((("image_masking", "paper"),) if args.image_masking else ())
     default_words = None
@@ -111,6 +128,13 @@ def main() -> None:
         labels = model_labels(model, dataset, top=3, min_probability=0.05)
         run(default_store, "open_vocabulary_weak_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
             baselines=False, weak_labels=labels)
+        combined = glove_minilm(space, nouns, default_store.concepts, labels)
+        if combined is not None:
+            combined_nouns = Vocabulary.from_words(combined, list(nouns.words), missing="skip")
+            for name, weak in (("glove_minilm", None), ("glove_minilm_weak_labels", labels)):
+                for candidates in ("concepts", combined_nouns):
+                    run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates, baselines=False,
+                        weak_labels=weak, word_space=combined)
 
     finish(out, args, started, results, gammas, default_words)
 
