@@ -140,10 +140,7 @@ class GammaCalibration:
                                     hubness=self.hubness)
         pairs = explainer.pairs()
         vectors = mapper.embed(explainer.pair_features(pairs))
-        scores = vectors @ explainer.vectors.T
-        local = explainer._word_hubness(vectors)
-        if local is not None:
-            scores = 2 * scores - local
+        scores = explainer.word_scores(vectors, explainer._word_hubness(vectors))
         words = np.asarray(explainer.words, dtype=object)
         is_inner = torch.tensor([w in set(inner) for w in explainer.words], dtype=torch.float32)
         truth = RecallEvaluator(self.store, inner, held, stuff=self.store.stuff).truth(pairs)

@@ -193,10 +193,7 @@ class FilterExplainer:
             local = self._word_hubness(vectors)
             scores_top, index_top = [], []
             for chunk in vectors.split(2048):
-                scores = chunk @ self.vectors.T
-                if local is not None:
-                    scores = 2 * scores - local
-                scores = scores - self._bias
+                scores = self.word_scores(chunk, local) - self._bias
                 top = scores.topk(min(self.image_k, scores.shape[1]), dim=1)
                 scores_top.append(top.values)
                 index_top.append(top.indices)
@@ -205,6 +202,11 @@ class FilterExplainer:
             index_top = torch.cat(index_top) if index_top else torch.zeros(0, s, dtype=torch.long)
             self._cache[key] = (pairs, vectors, index_top, scores_top)
         return self._cache[key]
+
+    def word_scores(self, vectors: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
+        """Uncalibrated scores of every candidate word, (n, V): cosines, or CSLS with ``local`` = r_w."""
+        scores = vectors @ self.vectors.T
+        return scores if local is None else 2 * scores - local
 
     def _word_hubness(self, vectors: torch.Tensor) -> torch.Tensor | None:
         """r_w: each word's mean cosine to its k nearest explanation vectors; (V,)."""
