@@ -21,6 +21,10 @@ What is measured (N = ``--n`` images, default 200):
   of N images.
 * threshold_error: the store's thresholds against np.quantile on the float32 activations.
 * scaling: store build and whole-layer explanation time at N, 2N and 4N images.
+* allocator_speedup: store build time of N images in a fresh process with glibc's default
+  allocator thresholds (``LAVISE_NB_MALLOC=system``) / with the toolkit's raised thresholds
+  (:mod:`lavise_nb._allocator`); allocator_memory: the same processes' build peak RSS, raised /
+  default.
 """
 from __future__ import annotations
 
@@ -193,11 +197,11 @@ def toolkit_epoch(trainer: ExplainerTrainer, epochs: int = 3) -> float:
 
 
 # ---------------------------------------------------------------------------- subprocess builds
-def fresh_build(n: int, root: Path, args) -> dict:
+def fresh_build(n: int, root: Path, args, env: dict | None = None) -> dict:
     worker = Path(__file__).resolve().parent / "_build_worker.py"
     command = [sys.executable, str(worker), str(n), str(root), str(args.batch_size),
                "auto" if args.workers is None else str(args.workers), args.device]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise RuntimeError(f"build worker failed for n={n}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -248,6 +252,9 @@ def write_report(out: Path, perf: dict) -> None:
          "peak RSS of the build phase, 4N / N (fresh processes; VmHWM reset after loading model and data)"),
         ("memory_growth_of_build_increment", r["memory_growth_of_build_increment"],
          "(build peak - RSS before build), 4N / N: the memory the build itself adds (no target)"),
+        ("allocator_speedup", r["allocator_speedup"],
+         "store build s of N images, glibc default thresholds / raised thresholds (fresh processes)"),
+        ("allocator_memory", r["allocator_memory"], "build peak RSS, raised thresholds / glibc default"),
     ]
     for name, value, how in rows:
         if name in TARGETS:
@@ -399,6 +406,11 @@ def main() -> None:
         memory_growth = scaling[-1]["build_peak_rss_mb"] / scaling[0]["build_peak_rss_mb"]
         if math.isnan(memory_growth):
             memory_growth = scaling[-1]["peak_rss_mb"] / scaling[0]["peak_rss_mb"]
+        system = fresh_build(n, work / "allocator_system", args, env={"LAVISE_NB_MALLOC": "system"})
+        tuned = fresh_build(n, work / "allocator_tuned", args)
+        allocator_speedup = system["seconds"] / tuned["seconds"]
+        allocator_memory = tuned["build_peak_rss_mb"] / system["build_peak_rss_mb"]
+        log(f"allocator: default thresholds {system['seconds']:.1f} s, raised {tuned['seconds']:.1f} s")
         growth_increment = ((scaling[-1]["build_peak_rss_mb"] - scaling[-1]["rss_before_build_mb"])
                             / max(1.0, scaling[0]["build_peak_rss_mb"] - scaling[0]["rss_before_build_mb"]))
 
@@ -424,6 +436,8 @@ def main() -> None:
                 "train_epoch_speedup": epoch_reference / epoch_store,
                 "memory_growth": memory_growth,
                 "memory_growth_of_build_increment": growth_increment,
+                "allocator_speedup": allocator_speedup,
+                "allocator_memory": allocator_memory,
             },
             "targets": {k: f"{op} {v:g}" for k, (op, v) in TARGETS.items()},
             "seconds": {
@@ -433,6 +447,7 @@ def main() -> None:
                 "explain_reference_sampled": t_reference,
                 "train_epoch_store": epoch_store, "train_epoch_reference_scaled": epoch_reference,
                 "train_pool_masks_once": pool_timer.seconds, "train_fit_toolkit": fit_timer.seconds,
+                "store_build_default_allocator": system["seconds"], "store_build_raised_thresholds": tuned["seconds"],
             },
             "rounds": {k: v for k, v in seconds.items()},
             "explain": {"reference_filters": len(sample), "sampled": sample.tolist(), "channels": channels},

@@ -23,7 +23,7 @@ RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", 
 
 def _regions(store, images: np.ndarray, filters: np.ndarray, size: int) -> torch.Tensor:
     """Thresholded, upsampled activation regions; (P, size * size) bool."""
-    maps = store.features(images)[torch.arange(len(images)), torch.from_numpy(filters)]
+    maps = store.features(images)[torch.arange(len(images)), torch.tensor(filters, dtype=torch.long)]
     up = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     return (up > torch.from_numpy(store.thresholds[filters])[:, None, None]).flatten(1)
 

@@ -68,8 +68,11 @@ class FilterExplainer:
     top_words : int
         Words returned per filter.
     calibrated : bool or float
-        Subtract the mapper's calibrated-stacking ``gamma`` (or this float) from
-        seen-concept scores before ranking; False ranks raw cosines.
+        Subtract calibrated-stacking offsets from seen-concept scores before
+        ranking. True: the mapper's ``gamma`` for each image's words and its
+        ``filter_gamma`` for the filter's vote-ranked words (each tuned at its own
+        level by :class:`~lavise_nb.calibration.GammaCalibration`); a float: that
+        offset for both; False: raw cosines.
     model, dataset : optional
         Needed only for ``method="image_masking"``.
     device : str
@@ -97,12 +100,15 @@ class FilterExplainer:
         self.device = resolve_device(device)
         self.batch_pairs = batch_pairs
         self.show_progress = show_progress
-        self.gamma = float(mapper.gamma if calibrated is True else (calibrated or 0.0))
+        if calibrated is True:
+            self.gamma = float(mapper.gamma)
+            self.filter_gamma = float(mapper.gamma if mapper.filter_gamma is None else mapper.filter_gamma)
+        else:
+            self.gamma = self.filter_gamma = float(calibrated or 0.0)
         self.words, self.vectors = self._candidates(vocabulary)
         seen, unseen = set(mapper.seen), set(mapper.unseen)
         self.kinds = np.array(["seen" if w in seen else "unseen" if w in unseen else "zero-shot"
                                for w in self.words])
-        self._bias = torch.from_numpy((self.kinds == "seen") * self.gamma).float()
         self._cache: dict = {}
 
     def _candidates(self, vocabulary) -> tuple[list, torch.Tensor]:
@@ -185,23 +191,32 @@ class FilterExplainer:
         return pool_features(features, region, self.mapper.config.get("pooling", "mass"))
 
     # ------------------------------------------------------------------ words
-    def _pair_words(self, filters) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _pair_words(self, filters, gamma: float | None = None) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+        """Pairs, their vectors (P, dim), and each pair's top ``image_k`` word indices and scores (P, image_k)."""
         key = None if filters is None else tuple(np.asarray(filters).tolist())
+        gamma = self.gamma if gamma is None else gamma
         if key not in self._cache:
             pairs = self.pairs(filters)
             vectors = self.mapper.embed(self.pair_features(pairs))
-            local = self._word_hubness(vectors)
-            scores_top, index_top = [], []
-            for chunk in vectors.split(2048):
-                scores = self.word_scores(chunk, local) - self._bias
-                top = scores.topk(min(self.image_k, scores.shape[1]), dim=1)
-                scores_top.append(top.values)
-                index_top.append(top.indices)
-            s = min(self.image_k, len(self.words))
-            scores_top = torch.cat(scores_top) if scores_top else torch.zeros(0, s)
-            index_top = torch.cat(index_top) if index_top else torch.zeros(0, s, dtype=torch.long)
-            self._cache[key] = (pairs, vectors, index_top, scores_top)
-        return self._cache[key]
+            self._cache[key] = (pairs, vectors, self._word_hubness(vectors))
+        if (key, gamma) not in self._cache:
+            pairs, vectors, local = self._cache[key]
+            index_top, scores_top = self.top_words_of(vectors, gamma, self.image_k, local)
+            self._cache[key, gamma] = (pairs, vectors, index_top, scores_top)
+        return self._cache[key, gamma]
+
+    def top_words_of(self, vectors: torch.Tensor, gamma: float, k: int,
+                     local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices and calibrated scores of each vector's k best candidate words, both (n, k)."""
+        bias = torch.from_numpy((self.kinds == "seen") * gamma).float()
+        k = min(k, len(self.words))
+        index_top, scores_top = [torch.zeros(0, k, dtype=torch.long)], [torch.zeros(0, k)]
+        for chunk in vectors.split(2048):
+            top = (self.word_scores(chunk, local) - bias).topk(k, dim=1)
+            scores_top.append(top.values)
+            index_top.append(top.indices)
+        return torch.cat(index_top), torch.cat(scores_top)
 
     def word_scores(self, vectors: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
         """Uncalibrated scores of every candidate word, (n, V): cosines, or CSLS with ``local`` = r_w."""
@@ -230,18 +245,10 @@ class FilterExplainer:
             word outside the annotations), ``n_images`` (images that voted),
             ``method`` and ``note`` (why a filter has no words).
         """
-        pairs, _, index_top, scores_top = self._pair_words(filters)
-        index_top, scores_top = index_top[:, :self.s], scores_top[:, :self.s]
+        pairs, _, index_top, scores_top = self._pair_words(filters, self.filter_gamma)
         wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
         rows = []
-        frame = pd.DataFrame({
-            "filter": np.repeat(pairs["filter"].to_numpy(), index_top.shape[1]),
-            "word": index_top.reshape(-1).numpy(),
-            "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]),
-            "score": scores_top.reshape(-1).numpy(),
-        })
-        votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean"))
-        votes = votes.reset_index().sort_values(["filter", "votes", "score"], ascending=[True, False, False])
+        votes = self.votes(pairs, index_top, scores_top)
         n_images = pairs.groupby("filter").size()
         grouped = dict(tuple(votes.groupby("filter")))
         for f in wanted:
@@ -258,6 +265,32 @@ class FilterExplainer:
         table.insert(0, "layer", self.store.layer)
         table["method"] = self.method
         return table[EXPLANATION_COLUMNS]
+
+    def votes(self, pairs: pd.DataFrame, index_top: torch.Tensor, scores_top: torch.Tensor) -> pd.DataFrame:
+        """Each image votes for its top-s words with its max activation; sum per filter.
+
+        Parameters
+        ----------
+        pairs : pandas.DataFrame
+            :meth:`pairs` rows (filter, image, activation), P of them.
+        index_top, scores_top : torch.Tensor
+            (P, >= s) word indices and scores of each pair, best first.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``filter, word`` (index into :attr:`words`), ``votes``, ``score``,
+            sorted by filter, then votes and score descending.
+        """
+        index_top, scores_top = index_top[:, :self.s], scores_top[:, :self.s]
+        frame = pd.DataFrame({
+            "filter": np.repeat(pairs["filter"].to_numpy(), index_top.shape[1]),
+            "word": index_top.reshape(-1).numpy(),
+            "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]),
+            "score": scores_top.reshape(-1).numpy(),
+        })
+        votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean"))
+        return votes.reset_index().sort_values(["filter", "votes", "score"], ascending=[True, False, False])
 
     def image_words(self, filters=None) -> pd.DataFrame:
         """Each top image's own top words (``image_k`` of them) for each filter.
@@ -294,7 +327,7 @@ class FilterExplainer:
         pairs, vectors, _, _ = self._pair_words(filters)
         ids = pairs["filter"].to_numpy()
         unique, inverse = np.unique(ids, return_inverse=True)
-        weights = torch.from_numpy(pairs["activation"].to_numpy()).float()[:, None]
+        weights = torch.tensor(pairs["activation"].to_numpy(), dtype=torch.float32)[:, None]
         summed = torch.zeros(len(unique), vectors.shape[1]).index_add_(0, torch.from_numpy(inverse),
                                                                        vectors * weights)
         return unique, F.normalize(summed, dim=1)

@@ -133,7 +133,12 @@ class Mapper:
     config : dict
     history : pandas.DataFrame
     gamma : float
-        Calibrated-stacking offset subtracted from seen-concept scores (0 = none).
+        Calibrated-stacking offset subtracted from seen-concept scores (0 = none);
+        tuned for per-image (or per-mask) words.
+    gamma_table : pandas.DataFrame
+        The calibration curves it was chosen from (``GammaCalibration.table()``).
+    filter_gamma : float or None
+        The offset tuned for a filter's vote-ranked words (None: use ``gamma``).
     """
 
     head: ExplainerHead
@@ -147,6 +152,7 @@ class Mapper:
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     gamma: float = 0.0
     gamma_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    filter_gamma: float | None = None
 
     def embed(self, pooled: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """(B, d) pooled features -> (B, dim) unit vectors, in eval mode."""
@@ -181,6 +187,7 @@ class Mapper:
             "concepts": list(self.concepts), "seen": list(self.seen), "unseen": list(self.unseen),
             "space_id": self.space_id, "layer": self.layer, "model": self.model,
             "config": _plain(self.config), "gamma": float(self.gamma),
+            "filter_gamma": None if self.filter_gamma is None else float(self.filter_gamma),
             "history": _plain(self.history.to_dict(orient="list")),
             "gamma_table": _plain(self.gamma_table.to_dict(orient="list")),
         }
@@ -198,7 +205,8 @@ class Mapper:
         head.eval()
         mapper = cls(head, payload["concepts"], payload["seen"], payload["unseen"], payload["space_id"],
                      payload["layer"], payload["model"], payload["config"],
-                     pd.DataFrame(payload["history"]), payload["gamma"], pd.DataFrame(payload["gamma_table"]))
+                     pd.DataFrame(payload["history"]), payload["gamma"], pd.DataFrame(payload["gamma_table"]),
+                     payload.get("filter_gamma"))
         mapper.check(store, space)
         return mapper
 
@@ -258,10 +266,12 @@ class ExplainerTrainer:
         Use only these annotated concepts (others are never read); calibration
         uses it to keep the real unseen concepts out of its inner split.
     weak_labels : pandas.DataFrame, optional
-        Extra whole-image labels (columns ``image``, ``label``), e.g. the target
-        model's own ImageNet predictions (:func:`model_labels`). They widen the
-        label space the head learns; labels sharing a token with any annotated
-        concept are dropped so that unseen concepts stay unseen.
+        Extra labels (columns ``image``, ``label``), e.g. the target model's own
+        ImageNet predictions: :func:`model_labels` for whole images (features
+        averaged over the map), :func:`region_labels` for mask crops (an
+        ``object`` column; features pooled under that mask, like the pairs).
+        They widen the label space the head learns; labels sharing a token with
+        any annotated concept are dropped so that unseen concepts stay unseen.
     weak_weight : float
         Loss weight of weak-label pairs.
     device : str
@@ -301,6 +311,23 @@ class ExplainerTrainer:
             torch.zeros(0, self.concept_vectors.shape[1])
         rows = labels[labels["label"].isin(set(kept))].reset_index(drop=True)
         return kept, vectors, rows
+
+    def _weak_features(self, weak: pd.DataFrame, pooled: torch.Tensor) -> torch.Tensor:
+        """Features of weak-label rows: the pair's mask-pooled vector, or the image's map mean."""
+        out = torch.zeros(len(weak), pooled.shape[1])
+        by_object = np.array(weak["object"].notna()) if "object" in weak else np.zeros(len(weak), bool)
+        if by_object.any():
+            pair_of = pd.Series(self.pairs["pair"].to_numpy(), index=self.pairs["object"].to_numpy())
+            objects = weak["object"].to_numpy()[by_object].astype(np.int64)
+            unknown = sorted(set(objects) - set(pair_of.index))
+            if unknown:
+                raise ValueError(f"weak labels name objects that are not a pair's representative: {unknown[:5]}; "
+                                 "make them with region_labels(model, store, dataset)")
+            out[torch.from_numpy(by_object)] = pooled[torch.tensor(pair_of[objects].to_numpy(), dtype=torch.long)]
+        if (~by_object).any():
+            images = weak["image"].to_numpy()[~by_object]
+            out[torch.from_numpy(~by_object)] = self.store.features(images).mean(dim=(2, 3))
+        return out
 
     def _split(self) -> tuple[list, list]:
         if self.config.seen is not None:
@@ -376,7 +403,7 @@ class ExplainerTrainer:
             weak_pos = torch.zeros(len(weak), len(label_vectors))
             weak_pos[torch.arange(len(weak)), torch.tensor([weak_index[c] for c in weak["label"]])] = 1.0
             start = len(pooled)
-            pooled = torch.cat([pooled, self.store.features(weak["image"].to_numpy()).mean(dim=(2, 3))])
+            pooled = torch.cat([pooled, self._weak_features(weak, pooled)])
             positives = torch.cat([positives, weak_pos])
             weights = torch.cat([weights, torch.full((len(weak),), self.weak_weight)])
             train_rows = np.concatenate([train_rows, start + np.arange(len(weak))])
@@ -503,3 +530,89 @@ def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, 
                                                   batch["errors"]):
                 rows += [(image, names[c], p) for p, c in zip(p_row, c_row) if p >= min_probability and not error]
     return pd.DataFrame(rows, columns=["image", "label", "probability"])
+
+
+def region_labels(model, store, dataset, *, top: int = 3, min_probability: float = 0.05, context: float = 0.15,
+                  min_side: int = 16, batch_size: int = 64, device="cpu", show_progress: bool = True) -> pd.DataFrame:
+    """The target model's ImageNet predictions for a crop around each annotated region.
+
+    Every distinct region of the store (:func:`pair_table`) is cropped to its
+    bounding box plus ``context`` on each side, resized to the input size and
+    classified. Only the pixels are used, never the region's concept names, so
+    the labels are fair weak labels for seen and unseen regions alike.
+
+    Parameters
+    ----------
+    model : TargetModel
+        An ImageNet classifier (1000 outputs in torchvision's class order).
+    store : ActivationStore
+        The reference store (its masks are at the dataset's input size).
+    dataset : torch.utils.data.Dataset
+        The store's dataset (sample contract of :mod:`lavise_nb.datasets`).
+    top : int
+        Classes kept per region.
+    min_probability : float
+        Softmax probability a class needs to be kept.
+    context : float
+        Margin around the box, as a share of its side.
+    min_side : int
+        Boxes are grown to at least this many pixels a side.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``image, object, label, probability``; ``object`` is the
+        region's representative object row (pass as ``weak_labels``).
+    """
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    names = [n.lower() for n in _IMAGENET_CATEGORIES]
+    device = resolve_device(device)
+    model.to(device)
+    pairs = pair_table(store)
+    size = store.image_size
+    rows, crops, keys = [], [], []
+
+    def flush():
+        if not crops:
+            return
+        with torch.no_grad():
+            logits = model.module(torch.stack(crops).to(device)).float()
+        if logits.shape[-1] != len(names):
+            raise ValueError(f"the model has {logits.shape[-1]} outputs, not ImageNet's {len(names)}")
+        probs, classes = logits.softmax(-1).topk(top, dim=1)
+        for (image, obj), p_row, c_row in zip(keys, probs.tolist(), classes.tolist()):
+            rows.extend((image, obj, names[c], p) for p, c in zip(p_row, c_row) if p >= min_probability)
+        crops.clear()
+        keys.clear()
+
+    grouped = pairs.groupby("image", sort=True)
+    for image, group in progress(grouped, enabled=show_progress, desc="region labels", total=grouped.ngroups):
+        sample = dataset[int(image)]
+        if sample.get("error"):
+            continue
+        picture = sample["image"]
+        masks = store.object_masks(group["object"].to_numpy())
+        for obj, mask in zip(group["object"].tolist(), masks):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            if len(ys) == 0:
+                continue
+            crops.append(_crop(picture, ys, xs, context, min_side, size))
+            keys.append((int(image), int(obj)))
+            if len(crops) >= batch_size:
+                flush()
+    flush()
+    return pd.DataFrame(rows, columns=["image", "object", "label", "probability"])
+
+
+def _crop(picture: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, context: float, min_side: int,
+          size: int) -> torch.Tensor:
+    """(3, H, W) picture -> (3, size, size) crop around the pixels (ys, xs), with margin."""
+    height, width = picture.shape[1:]
+    y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+    grow_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
+    grow_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
+    y0, y1 = max(0, int(y0 - grow_y)), min(height, int(math.ceil(y1 + grow_y)))
+    x0, x1 = max(0, int(x0 - grow_x)), min(width, int(math.ceil(x1 + grow_x)))
+    window = picture[:, y0:y1, x0:x1]
+    return F.interpolate(window[None], size=(size, size), mode="bilinear", align_corners=False)[0]

@@ -367,29 +367,35 @@ def lookup_bars(lookup_table: pd.DataFrame, ax=None):
 __all__ += ["gamma_curve"]
 
 
-def gamma_curve(gamma_table: pd.DataFrame, chosen: float | None = None, ax=None):
+def gamma_curve(gamma_table: pd.DataFrame, chosen=None, ax=None):
     """Seen, unseen and harmonic-mean H against the calibration offset gamma.
 
     Parameters
     ----------
     gamma_table : pandas.DataFrame
-        ``GammaCalibration.table()`` (columns gamma, seen, unseen, H, level, k).
-    chosen : float, optional
-        The selected gamma, marked by a vertical line (default: the best H).
+        ``GammaCalibration.table()`` (columns gamma, words, seen, unseen, H, level, k);
+        one colour per ``words`` curve (image words, filter words or masks).
+    chosen : float or dict, optional
+        The selected gamma (per ``words`` value when a dict), marked by a vertical
+        line (default: the best H of each curve).
     """
-    ax = _new_axes(ax, (5.5, 3.2))
-    for column, style in (("seen", "-"), ("unseen", "--"), ("H", "-")):
-        ax.plot(gamma_table["gamma"], gamma_table[column], style, label=column, lw=2.2 if column == "H" else 1.4)
-    chosen = gamma_table.loc[gamma_table["H"].idxmax(), "gamma"] if chosen is None else chosen
-    ax.axvline(chosen, color="grey", lw=1, ls=":")
-    ax.annotate(f"gamma = {chosen:.2f}", (chosen, ax.get_ylim()[1]), xytext=(4, -12), textcoords="offset points",
-                fontsize=8, color="grey")
-    level = gamma_table["level"].iloc[0] if "level" in gamma_table else ""
-    k = gamma_table["k"].iloc[0] if "k" in gamma_table else ""
+    ax = _new_axes(ax, (5.8, 3.4))
+    table = gamma_table if "words" in gamma_table else gamma_table.assign(words="")
+    for colour, (words, curve) in zip(("#1f77b4", "#d62728", "#2ca02c"), table.groupby("words", sort=False)):
+        label = f"{words} words: " if words else ""
+        for column, style, width in (("seen", "--", 1.2), ("unseen", ":", 1.4), ("H", "-", 2.2)):
+            ax.plot(curve["gamma"], curve[column], style, color=colour, lw=width, label=f"{label}{column}")
+        best = curve.loc[curve["H"].idxmax(), "gamma"]
+        mark = chosen.get(words, best) if isinstance(chosen, dict) else (best if chosen is None else chosen)
+        ax.axvline(mark, color=colour, lw=1, ls=":")
+        ax.annotate(f"{words} gamma = {mark:.2f}".strip(), (mark, curve["H"].max()), xytext=(4, 4),
+                    textcoords="offset points", fontsize=8, color=colour)
+    level = table["level"].iloc[0] if "level" in table else ""
+    k = table["k"].iloc[0] if "k" in table else ""
     ax.set(xlabel="gamma (subtracted from seen-concept scores)",
            ylabel=f"{'recall' if level == 'filter' else 'accuracy'}@{k}",
            title="calibration on the inner split (pseudo-seen / pseudo-unseen)")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=7, ncol=2)
     return ax
 
 

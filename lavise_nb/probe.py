@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._allocator import keep_large_buffers
 from .transform import Preprocess
 
 __all__ = [
@@ -66,6 +67,7 @@ class TargetModel:
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        keep_large_buffers()
         self.module.eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)

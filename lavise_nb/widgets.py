@@ -452,20 +452,25 @@ class CalibrationCompare:
 
         self.raw = raw.explain(filters)
         self.calibrated = calibrated.explain(filters)
-        self.gamma, self.interactive, self.static_filters = calibrated.gamma, interactive, static_filters
+        self.gamma, self.filter_gamma = calibrated.gamma, calibrated.filter_gamma
+        self.interactive, self.static_filters = interactive, static_filters
         self.table = self._table()
         ids = sorted(self.table["filter"])
         self._slider = W.SelectionSlider(options=ids, value=filter if filter in ids else ids[0], description="filter")
         self._out = W.Output()
         self._slider.observe(lambda change: self.select(change["new"]), names="value")
-        self.widget = W.VBox([W.HTML(f"<b>calibrated stacking</b>: gamma = {self.gamma:.2f} subtracted from "
+        self.widget = W.VBox([W.HTML(f"<b>calibrated stacking</b>: {self._gammas()} subtracted from "
                                      "seen-concept scores"), self._slider, self._out])
         self.select(self._slider.value)
+
+    def _gammas(self) -> str:
+        return (f"gamma = {self.filter_gamma:.2f} for the filter's words ({self.gamma:.2f} for each image's "
+                "own words)")
 
     def _table(self) -> pd.DataFrame:
         def firsts(table):
             return table[table["rank"] == 1].set_index("filter")[["word", "kind"]]
-        merged = firsts(self.raw).join(firsts(self.calibrated), lsuffix="_uncalibrated", rsuffix="_calibrated")
+        merged = firsts(self.raw).add_suffix("_uncalibrated").join(firsts(self.calibrated).add_suffix("_calibrated"))
         unseen = self.calibrated[self.calibrated["kind"] != "seen"].groupby("filter").size()
         unseen_raw = self.raw[self.raw["kind"] != "seen"].groupby("filter").size()
         merged["non_seen_words_gained"] = unseen.reindex(merged.index, fill_value=0) - \
@@ -499,7 +504,8 @@ class CalibrationCompare:
         if self.interactive:
             _display(self.widget)
             return
-        print(f"gamma = {self.gamma:.2f}; unseen concepts red, zero-shot words green italic")
+        print(f"{self._gammas()} subtracted from seen-concept scores; unseen concepts red, "
+              "zero-shot words green italic")
         _display(self.table.head(20))
         changed = self.table[self.table["word_uncalibrated"] != self.table["word_calibrated"]]
         for f in (changed if len(changed) else self.table)["filter"].head(self.static_filters):

@@ -9,6 +9,7 @@ Writes under --output-dir (default outputs/quality):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -18,14 +19,16 @@ import torch
 
 from lavise_nb import (ActivationStore, ExplainerTrainer, Vocabulary, load_model, load_word_space,
                        recalibrate_batchnorm, stamp_scenes)
-from lavise_nb.calibration import GammaCalibration
+from lavise_nb.calibration import GammaCalibration, harmonic_mean
 from lavise_nb.datasets import collate_samples
-from lavise_nb.evaluate import compare_methods
-from lavise_nb.mapper import model_labels
+from lavise_nb.evaluate import RecallEvaluator, compare_methods, frequency_baseline, network_dissection
+from lavise_nb.explain import FilterExplainer
+from lavise_nb.mapper import model_labels, region_labels
 
 METHODS = (("attention", "soft_mask"), ("attention", "paper"), ("attention", "code"),
            ("activation_masking", "paper"), ("original", "paper"))
 DEFAULT_METHODS = (("attention", "soft_mask"), ("activation_masking", "paper"))
+GAMMAS = [round(0.02 * i, 2) for i in range(26)]
 
 
 def parse() -> argparse.Namespace:
@@ -42,8 +45,17 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def tagged(table: pd.DataFrame, **tags) -> pd.DataFrame:
-    return table.assign(**tags)
+def method_name(method: str, attention: str) -> str:
+    return method if method != "attention" else f"attention/{attention}"
+
+
+def baseline_rows(store, mapper, space, vocabulary, model_name: str) -> pd.DataFrame:
+    """Recall of the most-frequent-concepts baseline and Network Dissection on the explainers' pairs."""
+    pairs = FilterExplainer(store, mapper, space, vocabulary).pairs()
+    evaluator = RecallEvaluator(store, mapper.seen, mapper.unseen, stuff=store.stuff)
+    return pd.concat([evaluator.evaluate(frequency_baseline(store, pairs, 20), None, pairs, "frequency", model_name),
+                      evaluator.evaluate(network_dissection(store, top_words=20), None, pairs, "netdissect",
+                                         model_name)], ignore_index=True)
 
 
 def glove_minilm(space, nouns, concepts, labels):
@@ -67,6 +79,19 @@ def headline(recall: pd.DataFrame, k: int = 20) -> pd.DataFrame:
     return view.pivot_table(index=index, columns=["words_from", "subset"], values="recall").round(3)
 
 
+def zero_shot(recall: pd.DataFrame) -> pd.DataFrame:
+    """Seen / unseen / H at recall@5, 10 and 20, per run, for filter and image words (object ground truth)."""
+    view = recall[(recall["ground"] == "objects") & recall["subset"].isin(["seen", "unseen"])
+                  & ~recall["method"].isin(["frequency", "netdissect"])]
+    index = ["experiment", "layer", "seen_fraction", "candidates", "method", "calibrated"]
+    wide = view.pivot_table(index=index + ["words_from", "k"], columns="subset", values="recall")
+    wide["H"] = harmonic_mean(wide["seen"], wide["unseen"])
+    cells = wide.apply(lambda r: f"{r['seen']:.3f} / {r['unseen']:.3f} / {r['H']:.3f}", axis=1)
+    table = cells.unstack(["words_from", "k"])
+    table.columns = [f"{source} words @{k}" for source, k in table.columns]
+    return table[sorted(table.columns, key=lambda c: (c.split()[0] != "filter", int(c.split("@")[1])))]
+
+
 def main() -> None:
     args = parse()
     out = Path(args.output_dir)
@@ -78,28 +103,40 @@ def main() -> None:
     results, gammas = [], []
 
     def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts",
-            calibrations=(False, True), baselines=True, weak_labels=None, word_space=None):
+            calibrations=(False, True), baselines=True, weak_labels=None, weak_weight=0.5, word_space=None):
         words = space if word_space is None else word_space
         mapper = ExplainerTrainer(store, words, seen_fraction=seen_fraction, seed=args.seed,
-                                  weak_labels=weak_labels).fit()
-        if True in calibrations:
-            GammaCalibration(store, words, mapper, level="filter", vocabulary=vocabulary, seed=args.seed,
-                             gammas=[round(0.02 * i, 2) for i in range(26)]).fit()
-            gammas.append(mapper.gamma_table.assign(experiment=name, layer=store.layer, seen_fraction=seen_fraction))
-        explained = None
+                                  weak_labels=weak_labels, weak_weight=weak_weight).fit()
+        tags = dict(experiment=name, seen_fraction=seen_fraction, word_space=words.name,
+                    candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
+        explained, inner = [], None
         for calibrated in calibrations:
-            recall, explained = compare_methods(store, mapper, words, vocabulary, methods, calibrated=calibrated,
-                                            netdissect=baselines and not calibrated,
-                                            frequency=baselines and not calibrated,
-                                            model=layer_model, dataset=dataset, model_name=layer_model.name)
-            results.append(tagged(recall, experiment=name, calibrated=calibrated, gamma=mapper.gamma,
-                                  seen_fraction=seen_fraction,
-                                  candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name,
-                                  word_space=words.name))
+            for method, attention in methods:
+                tuned = mapper
+                if calibrated:  # gamma is tuned for each method, on the inner split of the seen concepts
+                    tuned = copy.copy(mapper)
+                    calibration = GammaCalibration(store, words, tuned, level="filter", vocabulary=vocabulary,
+                                                   method=method, attention=attention, seed=args.seed, gammas=GAMMAS,
+                                                   weak_labels=weak_labels, weak_weight=weak_weight)
+                    inner = inner or calibration.inner_mapper()
+                    calibration.fit(inner)
+                    gammas.append(tuned.gamma_table.assign(method=method_name(method, attention), layer=store.layer,
+                                                           **tags))
+                recall, words_table = compare_methods(store, tuned, words, vocabulary, [(method, attention)],
+                                                      calibrated=calibrated, netdissect=False, frequency=False,
+                                                      model=layer_model, dataset=dataset, model_name=layer_model.name)
+                results.append(recall.assign(calibrated=calibrated, gamma=tuned.gamma if calibrated else 0.0,
+                                             filter_gamma=(tuned.filter_gamma or 0.0) if calibrated else 0.0, **tags))
+                explained.append(words_table.assign(calibrated=calibrated))
+            if baselines and not calibrated:
+                results.append(baseline_rows(store, mapper, words, vocabulary, layer_model.name)
+                               .assign(calibrated=False, gamma=0.0, filter_gamma=0.0, **tags))
             pd.concat(results, ignore_index=True).to_csv(out / "recall.partial.csv", index=False)
-            print(name, store.layer, seen_fraction, calibrated, "\n", headline(results[-1].assign(
-                experiment=name, calibrated=calibrated)).to_string(), flush=True)
-        return mapper, explained
+            latest = pd.concat(results, ignore_index=True)
+            latest = latest[(latest["experiment"] == name) & (latest["layer"] == store.layer)
+                            & (latest["calibrated"] == calibrated) & (latest["seen_fraction"] == seen_fraction)]
+            print(name, store.layer, seen_fraction, calibrated, "\n", headline(latest).to_string(), flush=True)
+        return mapper, pd.concat(explained, ignore_index=True)
 
     methods = METHODS + ((("image_masking", "paper"),) if args.image_masking else ())
     default_words = None
@@ -116,7 +153,7 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate_samples)
         recalibrate_batchnorm(random_model, loader, max_batches=8)
         random_store = ActivationStore.build(random_model, args.layers[0], dataset)
-        run(random_store, "random_network", random_model, methods=DEFAULT_METHODS, calibrations=(False,))
+        run(random_store, "random_network", random_model, methods=DEFAULT_METHODS)
 
     for fraction in ([] if "seen_fraction" in args.skip else args.seen_fractions):
         run(default_store, "seen_fraction", model, seen_fraction=fraction, methods=DEFAULT_METHODS,
@@ -128,9 +165,12 @@ def main() -> None:
         labels = model_labels(model, dataset, top=3, min_probability=0.05)
         run(default_store, "open_vocabulary_weak_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
             baselines=False, weak_labels=labels)
+        regions = region_labels(model, default_store, dataset, top=3, min_probability=0.3)
+        run(default_store, "open_vocabulary_region_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
+            baselines=False, weak_labels=regions, weak_weight=0.25)
         combined = glove_minilm(space, nouns, default_store.concepts, labels)
         if combined is not None:
-            combined_nouns = Vocabulary.from_words(combined, list(nouns.words), missing="skip")
+            combined_nouns = Vocabulary.from_words(combined, list(nouns.words), missing="skip", name=nouns.name)
             for name, weak in (("glove_minilm", None), ("glove_minilm_weak_labels", labels)):
                 for candidates in ("concepts", combined_nouns):
                     run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates, baselines=False,
@@ -147,7 +187,11 @@ def finish(out, args, started, results, gammas, default_words) -> None:
     default_words.to_csv(out / "explanations.csv", index=False)
     summary = [f"# Quality on StampScenes ({args.n_images} scenes), EfficientNet-Lite0", "",
                f"Took {time.time() - started:.0f} s. Recall@20, object ground truth; rows = method, columns = "
-               "(words from filter / image, concept subset).", "", headline(recall).to_markdown(), ""]
+               "(words from filter / image, concept subset).", "", headline(recall).to_markdown(), "",
+               "## Seen / unseen / H at recall@5, 10, 20", "",
+               "Object ground truth. Filter words: the filter's vote-ranked words; image words: each top image's "
+               "own words. Calibrated runs use gamma chosen on an inner split of the seen concepts, per method.",
+               "", zero_shot(recall).to_markdown(), ""]
     (out / "summary.md").write_text("\n".join(summary))
     print("\n".join(summary))
     print(json.dumps({"outputs": str(out)}))

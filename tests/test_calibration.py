@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,9 @@ def test_gamma_ignores_the_real_unseen_concepts(tiny_store, mapper, level, monke
     space = shapes_space()
     gammas = np.round(np.arange(0, 0.31, 0.05), 3)
     table = GammaCalibration(tiny_store, space, mapper, level=level, gammas=gammas, p=6).table()
-    assert list(table.columns) == ["gamma", "seen", "unseen", "H", "level", "k"]
+    assert list(table.columns) == ["gamma", "words", "seen", "unseen", "H", "level", "k"]
+    assert set(table["words"]) == ({"mask"} if level == "mask" else {"image", "filter"})
+    assert len(table) == len(gammas) * table["words"].nunique()
     assert table["H"].between(0, 1).all()
     unseen = sorted(mapper.unseen)
     permuted = dict(zip(unseen, unseen[1:] + unseen[:1]))
@@ -41,5 +45,36 @@ def test_gamma_ignores_the_real_unseen_concepts(tiny_store, mapper, level, monke
 
 
 def test_fit_sets_gamma_from_best_h(tiny_store, mapper):
-    fitted = GammaCalibration(tiny_store, shapes_space(), mapper, level="mask", gammas=[0.0, 0.1, 0.2]).fit()
+    tuned = copy.copy(mapper)
+    fitted = GammaCalibration(tiny_store, shapes_space(), tuned, level="mask", gammas=[0.0, 0.1, 0.2]).fit()
     assert fitted.gamma == fitted.gamma_table.loc[fitted.gamma_table["H"].idxmax(), "gamma"]
+    assert fitted.filter_gamma is None
+
+
+def test_filter_level_tunes_image_and_filter_words_apart(tiny_store, mapper):
+    tuned = copy.copy(mapper)
+    GammaCalibration(tiny_store, shapes_space(), tuned, level="filter", gammas=[0.0, 0.1, 0.2, 0.4], p=6).fit()
+    best = tuned.gamma_table.loc[tuned.gamma_table.groupby("words")["H"].idxmax()].set_index("words")["gamma"]
+    assert (tuned.gamma, tuned.filter_gamma) == (best["image"], best["filter"])
+    assert mapper.filter_gamma is None
+
+
+def test_filter_level_curves_equal_recall_of_the_explainers_words(tiny_store, mapper):
+    from lavise_nb.evaluate import RecallEvaluator, recall
+    from lavise_nb.explain import FilterExplainer
+
+    space = shapes_space()
+    calibration = GammaCalibration(tiny_store, space, mapper, level="filter", gammas=[0.0, 0.2], p=6, s=3, k=5)
+    inner_mapper = calibration.inner_mapper()
+    table = calibration.table(inner_mapper).set_index(["words", "gamma"])
+    inner, held = calibration.split()
+    for gamma in (0.0, 0.2):
+        explainer = FilterExplainer(tiny_store, inner_mapper, space, "concepts", p=6, s=3, top_words=5, image_k=5,
+                                    calibrated=gamma)
+        truth = RecallEvaluator(tiny_store, inner, held, stuff=tiny_store.stuff).truth(explainer.pairs())
+        truth = truth[~truth["concept"].isin(tiny_store.stuff)]
+        for words, table_words, by in (("image", explainer.image_words(), ("filter", "image")),
+                                       ("filter", explainer.explain(), ("filter",))):
+            for column, names in (("seen", inner), ("unseen", held)):
+                expected = recall(truth[truth["concept"].isin(names)], table_words, (5,), by)["recall"].iloc[0]
+                assert table.loc[(words, gamma), column] == pytest.approx(np.nan_to_num(expected))

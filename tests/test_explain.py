@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,6 +70,20 @@ def test_calibration_lowers_seen_scores(tiny_store, mapper, space):
     merged = raw.merge(calibrated, on=["filter", "image", "word"], suffixes=("_raw", "_cal"))
     seen = merged[merged["kind_raw"] == "seen"]
     assert np.allclose(seen["score_raw"] - 0.3, seen["score_cal"], atol=1e-5)
+
+
+def test_filter_words_and_image_words_use_their_own_gamma(tiny_store, mapper, space):
+    tuned = copy.copy(mapper)
+    tuned.gamma, tuned.filter_gamma = 0.0, 0.5
+    explainer = FilterExplainer(tiny_store, tuned, space, vocabulary="concepts", p=6, s=3)
+    assert (explainer.gamma, explainer.filter_gamma) == (0.0, 0.5)
+    raw = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=False)
+    shifted = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=0.5)
+    pd.testing.assert_frame_equal(explainer.image_words([0, 1]), raw.image_words([0, 1]))
+    pd.testing.assert_frame_equal(explainer.explain([0, 1]), shifted.explain([0, 1]))
+    assert not explainer.explain([0, 1])["word"].equals(raw.explain([0, 1])["word"])
+    tuned.filter_gamma = None
+    assert FilterExplainer(tiny_store, tuned, space, vocabulary="concepts").filter_gamma == 0.0
 
 
 def test_filter_without_activation_says_so(tiny_store, mapper, space, monkeypatch):

@@ -1,3 +1,5 @@
+import copy
+
 import pandas as pd
 import pytest
 import torch
@@ -64,6 +66,17 @@ def test_save_and_load_check_model_and_space(tmp_path, mapper, tiny_store):
         loaded.check(tiny_store)
 
 
+def test_calibration_offsets_survive_saving(tmp_path, mapper, tiny_store):
+    tuned = copy.copy(mapper)
+    tuned.gamma, tuned.filter_gamma = 0.3, 0.12
+    loaded = Mapper.load(tuned.save(tmp_path / "m.pt"), tiny_store, shapes_space())
+    assert (loaded.gamma, loaded.filter_gamma) == (0.3, 0.12)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["filter_gamma"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert Mapper.load(tmp_path / "old.pt").filter_gamma is None
+
+
 def test_missing_concept_words_are_reported(tiny_store):
     from lavise_nb.words import MissingWordsError
     space = shapes_space(drop=["checkers"])
@@ -103,3 +116,41 @@ def test_pair_table_order_is_stable(tiny_store):
     pairs = pair_table(tiny_store)
     assert pairs["object"].is_monotonic_increasing and pairs["pair"].tolist() == list(range(len(pairs)))
     assert pairs.equals(pair_table(tiny_store))
+
+
+class _RednessClassifier(torch.nn.Module):
+    """1000 ImageNet logits; class 1 ("goldfish") fires on crops that are mostly red."""
+
+    def forward(self, images):
+        redness = (images[:, 0] - images[:, 1:].amax(1)).mean((1, 2))
+        logits = torch.zeros(len(images), 1000)
+        logits[:, 1] = 12 * redness
+        return logits
+
+
+def test_region_labels_classify_a_crop_around_each_region(tiny_store, shapes):
+    from lavise_nb.mapper import region_labels
+    from lavise_nb.probe import wrap_model
+
+    model = wrap_model(_RednessClassifier(), shapes.preprocess, "redness")
+    labels = region_labels(model, tiny_store, shapes, top=1, min_probability=0.5, show_progress=False)
+    assert list(labels.columns) == ["image", "object", "label", "probability"]
+    pairs = pair_table(tiny_store).set_index("object")
+    named = pairs.loc[labels["object"], "concepts"]
+    assert set(labels["label"]) == {"goldfish"}
+    assert not any({"blue", "green", "yellow"} & set(c) for c in named)
+    red = pairs.index[pairs["concepts"].map(lambda c: "red" in c)]
+    assert len(set(labels["object"]) & set(red)) >= 0.7 * len(red)
+
+
+def test_region_weak_labels_train_on_the_regions_pooled_features(tiny_store):
+    trainer = ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, show_progress=False,
+                               weak_labels=pd.DataFrame({"image": [0, 1], "label": ["dog", "car"]}))
+    pairs = trainer.pairs.head(3)
+    weak = pd.DataFrame({"image": list(pairs["image"]) + [5], "object": list(pairs["object"]) + [None]})
+    pooled = trainer.pooled()
+    features = trainer._weak_features(weak, pooled)
+    assert torch.equal(features[:3], pooled[pairs["pair"].to_numpy()])
+    assert torch.allclose(features[3], tiny_store.features([5]).mean(dim=(2, 3))[0])
+    with pytest.raises(ValueError, match="region_labels"):
+        trainer._weak_features(pd.DataFrame({"image": [0], "object": [10 ** 6]}), pooled)

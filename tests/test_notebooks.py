@@ -61,8 +61,8 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     split = pd.read_csv(train / "concept_split.csv")
     assert set(split["split"]) == {"seen", "unseen"} and split["concept"].is_unique
     gamma = pd.read_csv(train / "gamma.csv")
-    assert list(gamma.columns) == ["gamma", "seen", "unseen", "H", "level", "k"]
-    assert gamma["H"].between(0, 1).all() and len(gamma) == 26
+    assert list(gamma.columns) == ["gamma", "words", "seen", "unseen", "H", "level", "k"]
+    assert gamma["H"].between(0, 1).all() and len(gamma) == 2 * 26 and set(gamma["words"]) == {"image", "filter"}
     settings = json.loads((train / "settings.json").read_text())
     assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15"
     cells = json.loads(executed.read_text())["cells"]

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -108,3 +112,12 @@ def test_recalibrate_batchnorm_restores_feature_scale():
     out = model.module(x)
     assert out.mean().abs() < 0.2 and 0.8 < out.std() < 1.2
     assert not model.module.training
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator thresholds")
+@pytest.mark.parametrize("setting,expected", [("", "True True"), ("system", "False False")])
+def test_allocator_thresholds_are_raised_once_unless_declined(setting, expected):
+    code = "from lavise_nb._allocator import keep_large_buffers as k; print(k(), k())"
+    env = {**os.environ, "LAVISE_NB_MALLOC": setting}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.split("\n")[0] == expected
