@@ -104,7 +104,8 @@ def reference_explain(model, data, store, explainer: FilterExplainer, filters, d
     Returns the seconds spent. The network is stopped after the layer (generous to the reference).
     """
     mapper, p, s = explainer.mapper, explainer.p, explainer.s
-    vectors, bias = explainer.vectors.to(device), explainer._bias.to(device)
+    vectors = explainer.vectors.to(device)
+    bias = torch.from_numpy((explainer.kinds == "seen") * explainer.filter_gamma).float().to(device)
     head = mapper.head.to(device).eval()
     maxima = np.asarray(store.maxima)
     model.to(device)
