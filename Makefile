@@ -17,14 +17,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# glibc keeps large buffers for reuse (about 2x faster CPU forward passes, more peak memory): lavise_nb/_allocator.py
+FAST_MALLOC := LAVISE_NB_MALLOC=fast
+
 demo: $(STAMP)
-	$(PY) scripts/demo.py --output-dir $(OUT)
+	$(FAST_MALLOC) $(PY) scripts/demo.py --output-dir $(OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(FAST_MALLOC) $(PY) -m pytest -q tests
 
 quality: $(STAMP)
-	$(PY) scripts/quality.py --output-dir $(OUT)/quality
+	$(FAST_MALLOC) $(PY) scripts/quality.py --output-dir $(OUT)/quality
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --output-dir $(OUT)/bench

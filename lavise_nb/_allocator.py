@@ -5,12 +5,15 @@ dynamically) with a fresh ``mmap`` and returns them with ``munmap`` on free. A
 convolutional network's activations for a batch are often 50 to 100 MiB each, so
 every forward pass page-faults its whole working set again; on the project's
 2-core machines that made EfficientNet-Lite0 inference 3 to 4 times slower
-(``make bench``, ``allocator`` row). Raising the mmap and trim thresholds once
-per process lets freed buffers be reused. The cost is that the process keeps its
-peak heap instead of returning it to the system.
+(``make bench``, ``allocator_speedup``). Raising the mmap and trim thresholds
+once per process lets freed buffers be reused. The cost is memory: the process
+keeps its heap instead of returning it, and heap fragmentation made the peak of a
+store build 10 to 30 % higher and less predictable (it grew with the number of
+images in some runs, where glibc's defaults stay flat).
 
-Set ``LAVISE_NB_MALLOC=system`` to leave the allocator alone. Other C libraries
-(macOS, musl, Windows) are left alone too.
+So it is opt-in: set ``LAVISE_NB_MALLOC=fast`` before starting Python (the
+Makefile does for ``make demo``, ``test`` and ``quality``). Anything else, or a C
+library other than glibc, leaves the allocator alone.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ _state = {"done": False, "tuned": False}
 
 
 def keep_large_buffers() -> bool:
-    """Raise glibc's mmap and trim thresholds to 1 GiB, once per process.
+    """With ``LAVISE_NB_MALLOC=fast``, raise glibc's mmap and trim thresholds to 1 GiB, once per process.
 
     Returns
     -------
@@ -35,7 +38,7 @@ def keep_large_buffers() -> bool:
     if _state["done"]:
         return _state["tuned"]
     _state["done"] = True
-    if os.environ.get("LAVISE_NB_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+    if os.environ.get("LAVISE_NB_MALLOC", "").lower() != "fast" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
