@@ -150,7 +150,7 @@ def test_region_weak_labels_train_on_the_regions_pooled_features(tiny_store):
     weak = pd.DataFrame({"image": list(pairs["image"]) + [5], "object": list(pairs["object"]) + [None]})
     pooled = trainer.pooled()
     features = trainer._weak_features(weak, pooled)
-    assert torch.equal(features[:3], pooled[pairs["pair"].to_numpy()])
+    assert torch.equal(features[:3], pooled[torch.tensor(pairs["pair"].to_numpy())])
     assert torch.allclose(features[3], tiny_store.features([5]).mean(dim=(2, 3))[0])
     with pytest.raises(ValueError, match="region_labels"):
         trainer._weak_features(pd.DataFrame({"image": [0], "object": [10 ** 6]}), pooled)
