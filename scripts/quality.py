@@ -58,7 +58,7 @@ def baseline_rows(store, mapper, space, vocabulary, model_name: str) -> pd.DataF
                                          model_name)], ignore_index=True)
 
 
-def glove_minilm(space, nouns, concepts, labels):
+def glove_minilm(space, nouns, concepts, labels, template="{}"):
     """GloVe concatenated with a MiniLM space over the words the experiments need (None without the extra)."""
     from lavise_nb.words import combine_spaces, sentence_space
 
@@ -66,7 +66,7 @@ def glove_minilm(space, nouns, concepts, labels):
     tokens = {t for n in names for t in n.replace("-", " ").split()}
     words = sorted({w for w in set(names) | tokens if " " not in w and w in space})
     try:
-        return combine_spaces(space, sentence_space(words))
+        return combine_spaces(space, sentence_space(words, template=template))
     except ImportError as error:
         print(f"skipping the GloVe+MiniLM rows: {error}")
         return None
@@ -175,6 +175,10 @@ def main() -> None:
                 for candidates in ("concepts", combined_nouns):
                     run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates, baselines=False,
                         weak_labels=weak, word_space=combined)
+            prompted = glove_minilm(space, nouns, default_store.concepts, labels, template="a photo of a {}.")
+            prompted_nouns = Vocabulary.from_words(prompted, list(nouns.words), missing="skip", name=nouns.name)
+            run(default_store, "glove_minilm_prompt_weak_labels", model, methods=DEFAULT_METHODS,
+                vocabulary=prompted_nouns, baselines=False, weak_labels=labels, word_space=prompted)
 
     finish(out, args, started, results, gammas, default_words)
 

