@@ -167,7 +167,6 @@ class GammaCalibration:
         pairs = explainer.pairs()
         vectors = mapper.embed(explainer.pair_features(pairs))
         scores = explainer.word_scores(vectors, explainer._word_hubness(vectors))
-        words = np.asarray(explainer.words, dtype=object)
         is_inner = torch.tensor([w in set(inner) for w in explainer.words], dtype=torch.float32)
         truth = RecallEvaluator(self.store, inner, held, stuff=self.store.stuff).truth(pairs)
         truth = truth[~truth["concept"].isin(self.store.stuff) & truth["concept"].isin(candidates)]
@@ -176,7 +175,7 @@ class GammaCalibration:
         truth = truth.assign(row=row_of.reindex(pd.MultiIndex.from_frame(truth[["filter", "image"]])).to_numpy(),
                              word=truth["concept"].map({w: i for i, w in enumerate(explainer.words)}).to_numpy())
         subsets = [truth[truth["concept"].isin(inner)], truth[truth["concept"].isin(held)]]
-        k = min(self.k, len(words))
+        k = min(self.k, len(explainer.words))
         n_filters = self.store.shape[1]
         out = {"image": ([], []), "filter": ([], [])}
         for gamma in self.gammas:
