@@ -24,13 +24,13 @@ from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, w
 from .scenes import build_stamp_scenes, stamp_scenes
 from .store import ActivationStore
 from .transform import Preprocess
-from .words import Vocabulary, WordSpace, combine_spaces, load_word_space
+from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_word_space
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStore", "CocoDataset", "GammaCalibration", "GroupComparison", "null_groups", "planted_groups", "ExplainerTrainer", "FilterExplainer", "ImageFolderDataset", "LayerProbe",
     "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel", "VisualGenomeDataset", "Vocabulary",
-    "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline", "load_model", "load_word_space",
+    "WordSpace", "build_stamp_scenes", "combine_spaces", "hybrid_space", "frequency_baseline", "load_model", "load_word_space",
     "network_dissection", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",
 ]

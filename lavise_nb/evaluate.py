@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ._progress import progress
 
-__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "network_dissection", "compare_methods",
+__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection", "compare_methods",
            "RECALL_COLUMNS"]
 
 RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", "k", "recall", "pairs"]
@@ -187,6 +187,34 @@ def frequency_baseline(store, pairs: pd.DataFrame, top_words: int = 20) -> pd.Da
     })
 
 
+def oracle_words(truth: pd.DataFrame, top_words: int = 20) -> pd.DataFrame:
+    """The filter word lists with the highest possible filter recall: a ceiling, not an explanation.
+
+    Filter recall@k sums, over a filter's pairs, 1/|G_{u,i}| for each listed concept
+    in G_{u,i}; so each filter's best list ranks concepts by that total weight.
+
+    Parameters
+    ----------
+    truth : pandas.DataFrame
+        ``filter, image, concept`` rows (e.g. :meth:`RecallEvaluator.truth`, already
+        restricted to the ground that will be scored).
+    top_words : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``filter, rank, word, weight``.
+    """
+    if truth.empty:
+        return pd.DataFrame(columns=["filter", "rank", "word", "weight"])
+    size = truth.groupby(["filter", "image"])["concept"].transform("size")
+    weights = (truth.assign(weight=1.0 / size).groupby(["filter", "concept"], as_index=False)["weight"].sum()
+               .sort_values(["filter", "weight", "concept"], ascending=[True, False, True], kind="stable"))
+    weights["rank"] = weights.groupby("filter").cumcount() + 1
+    best = weights[weights["rank"] <= top_words].rename(columns={"concept": "word"})
+    return best[["filter", "rank", "word", "weight"]].reset_index(drop=True)
+
+
 def network_dissection(store, size: int = 56, top_words: int = 20, batch_images: int = 64,
                        show_progress: bool = False) -> pd.DataFrame:
     """Network Dissection labels: per filter, concepts ranked by dataset-wide IoU.
@@ -240,7 +268,8 @@ def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("atte
                     ("attention", "paper"), ("attention", "code"), ("activation_masking", "paper"),
                     ("original", "paper")), *, p: int = 25, s: int = 5, calibrated=True, model=None,
                     dataset=None, netdissect: bool = True, frequency: bool = True, iou_threshold: float = 0.04,
-                    ks=(5, 10, 20), model_name: str = "", show_progress: bool = False):
+                    ks=(5, 10, 20), model_name: str = "", hubness: str | None = None,
+                    show_progress: bool = False):
     """Recall of several explanation methods and the baselines, in one tidy table.
 
     Parameters
@@ -249,6 +278,8 @@ def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("atte
         ``("image_masking", "paper")`` also needs ``model`` and ``dataset``.
     netdissect, frequency : bool
         Add Network Dissection labels and the most-frequent-concepts baseline.
+    hubness : {None, "csls"}
+        Word scoring of every method (see :class:`~lavise_nb.explain.FilterExplainer`).
 
     Returns
     -------
@@ -265,7 +296,7 @@ def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("atte
         name = method if method != "attention" else f"attention/{attention}"
         explainer = FilterExplainer(store, mapper, space, vocabulary, method=method, attention=attention, p=p,
                                     s=s, top_words=max(ks), calibrated=calibrated, model=model,
-                                    dataset=dataset, show_progress=show_progress)
+                                    dataset=dataset, hubness=hubness, show_progress=show_progress)
         words = explainer.explain().assign(method=name)
         pairs = explainer.pairs()
         tables.append(evaluator.evaluate(words, explainer.image_words(), pairs, name, model_name))

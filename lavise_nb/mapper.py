@@ -22,7 +22,8 @@ from torch import nn
 from ._progress import progress
 from .probe import resolve_device
 
-__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels"]
+__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels", "region_labels",
+           "imagenet_classes"]
 
 
 class ExplainerHead(nn.Module):
@@ -491,6 +492,13 @@ def pooled_pairs(store, pairs: pd.DataFrame, pooling: str = "mass", batch_images
     return out
 
 
+def imagenet_classes() -> list[str]:
+    """ImageNet-1k's 1000 class names, lower-case, in output order (the weak labels' vocabulary)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return [name.lower() for name in _IMAGENET_CATEGORIES]
+
+
 def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, batch_size: int = 64,
                  device="cpu", show_progress: bool = True) -> pd.DataFrame:
     """The target model's own ImageNet predictions for each image, as weak labels.
@@ -511,11 +519,9 @@ def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, 
     pandas.DataFrame
         Columns ``image, label, probability`` (labels are lower-case class names).
     """
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
     from .datasets import collate_samples
 
-    names = [n.lower() for n in _IMAGENET_CATEGORIES]
+    names = imagenet_classes()
     device = resolve_device(device)
     model.to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
@@ -564,9 +570,7 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
         Columns ``image, object, label, probability``; ``object`` is the
         region's representative object row (pass as ``weak_labels``).
     """
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    names = [n.lower() for n in _IMAGENET_CATEGORIES]
+    names = imagenet_classes()
     device = resolve_device(device)
     model.to(device)
     pairs = pair_table(store)

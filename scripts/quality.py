@@ -21,7 +21,8 @@ from lavise_nb import (ActivationStore, ExplainerTrainer, Vocabulary, load_model
                        recalibrate_batchnorm, stamp_scenes)
 from lavise_nb.calibration import GammaCalibration, harmonic_mean
 from lavise_nb.datasets import collate_samples
-from lavise_nb.evaluate import RecallEvaluator, compare_methods, frequency_baseline, network_dissection
+from lavise_nb.evaluate import (RecallEvaluator, compare_methods, frequency_baseline, network_dissection,
+                               oracle_words)
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import model_labels, region_labels
 
@@ -38,6 +39,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--layers", nargs="+", default=["_blocks.15", "_blocks.10", "_blocks.5"])
     parser.add_argument("--seen-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seeds", nargs="*", type=int, default=[1, 2],
+                        help="more seen/unseen splits for the default and best zero-shot setups")
     parser.add_argument("--skip", nargs="*", default=[], choices=["seen_fraction", "open_vocabulary", "random"],
                         help="leave experiments out")
     parser.add_argument("--image-masking", action="store_true", help="also run image masking (slow on CPU)")
@@ -50,23 +53,23 @@ def method_name(method: str, attention: str) -> str:
 
 
 def baseline_rows(store, mapper, space, vocabulary, model_name: str) -> pd.DataFrame:
-    """Recall of the most-frequent-concepts baseline and Network Dissection on the explainers' pairs."""
+    """Recall of the most-frequent-concepts baseline, the oracle ceiling and Network Dissection on the pairs."""
     pairs = FilterExplainer(store, mapper, space, vocabulary).pairs()
     evaluator = RecallEvaluator(store, mapper.seen, mapper.unseen, stuff=store.stuff)
+    truth = evaluator.truth(pairs)
+    ceiling = oracle_words(truth[~truth["concept"].isin(store.stuff)], 20)
     return pd.concat([evaluator.evaluate(frequency_baseline(store, pairs, 20), None, pairs, "frequency", model_name),
+                      evaluator.evaluate(ceiling, None, pairs, "oracle (object ceiling)", model_name),
                       evaluator.evaluate(network_dissection(store, top_words=20), None, pairs, "netdissect",
                                          model_name)], ignore_index=True)
 
 
 def glove_minilm(space, nouns, concepts, labels, template="{}"):
-    """GloVe concatenated with a MiniLM space over the words the experiments need (None without the extra)."""
-    from lavise_nb.words import combine_spaces, sentence_space
+    """GloVe concatenated with MiniLM over the words the experiments need (None without the extra)."""
+    from lavise_nb.words import hybrid_space
 
-    names = list(nouns.words) + list(concepts) + sorted(set(labels["label"]))
-    tokens = {t for n in names for t in n.replace("-", " ").split()}
-    words = sorted({w for w in set(names) | tokens if " " not in w and w in space})
     try:
-        return combine_spaces(space, sentence_space(words, template=template))
+        return hybrid_space([*nouns.words, *concepts, *sorted(set(labels["label"]))], space, template=template)
     except ImportError as error:
         print(f"skipping the GloVe+MiniLM rows: {error}")
         return None
@@ -92,6 +95,28 @@ def zero_shot(recall: pd.DataFrame) -> pd.DataFrame:
     return table[sorted(table.columns, key=lambda c: (c.split()[0] != "filter", int(c.split("@")[1])))]
 
 
+def across_seeds(recall: pd.DataFrame, k: int = 20) -> pd.DataFrame:
+    """Seen / unseen / H@k of the setups run on several seen/unseen splits: each split, then mean and sd."""
+    view = recall[(recall["ground"] == "objects") & (recall["k"] == k) & recall["calibrated"].astype(bool)
+                  & recall["subset"].isin(["seen", "unseen"])]
+    view = view.assign(setup=view["experiment"].str.replace(r"_seed\d+$", "", regex=True))
+    view = view[view["setup"].isin(view.loc[view["setup"] != view["experiment"], "setup"])]
+    if view.empty:
+        return pd.DataFrame()
+    wide = view.pivot_table(index=["setup", "candidates", "method", "words_from", "split_seed"], columns="subset",
+                            values="recall")
+    wide["H"] = harmonic_mean(wide["seen"], wide["unseen"])
+    stats = wide.groupby(level=[0, 1, 2, 3]).agg(["mean", "std", "count"])
+    stats = stats[stats[("seen", "count")] > 1]
+    cells = {col: stats[(col, "mean")].map("{:.3f}".format) + " ± " + stats[(col, "std")].map("{:.3f}".format)
+             for col in ("seen", "unseen", "H")}
+    table = pd.DataFrame(cells)
+    table["splits"] = stats[("seen", "count")].astype(int)
+    per_split = wide["unseen"].unstack("split_seed").round(3)
+    per_split.columns = [f"unseen, split {c}" for c in per_split.columns]
+    return table.join(per_split)
+
+
 def main() -> None:
     args = parse()
     out = Path(args.output_dir)
@@ -103,12 +128,14 @@ def main() -> None:
     results, gammas = [], []
 
     def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts",
-            calibrations=(False, True), baselines=True, weak_labels=None, weak_weight=0.5, word_space=None):
+            calibrations=(False, True), baselines=True, weak_labels=None, weak_weight=0.5, word_space=None,
+            seed=None, votes_per_image=5):
         words = space if word_space is None else word_space
-        mapper = ExplainerTrainer(store, words, seen_fraction=seen_fraction, seed=args.seed,
+        seed = args.seed if seed is None else seed
+        mapper = ExplainerTrainer(store, words, seen_fraction=seen_fraction, seed=seed,
                                   weak_labels=weak_labels, weak_weight=weak_weight).fit()
-        tags = dict(experiment=name, seen_fraction=seen_fraction, word_space=words.name,
-                    candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
+        tags = dict(experiment=name, seen_fraction=seen_fraction, word_space=words.name, split_seed=seed,
+                    s=votes_per_image, candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
         explained, inner = [], None
         for calibrated in calibrations:
             for method, attention in methods:
@@ -116,14 +143,15 @@ def main() -> None:
                 if calibrated:  # gamma is tuned for each method, on the inner split of the seen concepts
                     tuned = copy.copy(mapper)
                     calibration = GammaCalibration(store, words, tuned, level="filter", vocabulary=vocabulary,
-                                                   method=method, attention=attention, seed=args.seed, gammas=GAMMAS,
+                                                   method=method, attention=attention, seed=seed, gammas=GAMMAS,
+                                                   s=votes_per_image,
                                                    weak_labels=weak_labels, weak_weight=weak_weight)
                     inner = inner or calibration.inner_mapper()
                     calibration.fit(inner)
                     gammas.append(tuned.gamma_table.assign(method=method_name(method, attention), layer=store.layer,
                                                            **tags))
                 recall, words_table = compare_methods(store, tuned, words, vocabulary, [(method, attention)],
-                                                      calibrated=calibrated, netdissect=False, frequency=False,
+                                                      s=votes_per_image, calibrated=calibrated, netdissect=False, frequency=False,
                                                       model=layer_model, dataset=dataset, model_name=layer_model.name)
                 results.append(recall.assign(calibrated=calibrated, gamma=tuned.gamma if calibrated else 0.0,
                                              filter_gamma=(tuned.filter_gamma or 0.0) if calibrated else 0.0, **tags))
@@ -159,10 +187,18 @@ def main() -> None:
         run(default_store, "seen_fraction", model, seen_fraction=fraction, methods=DEFAULT_METHODS,
             calibrations=(True,), baselines=False)
 
+    # GloVe with weak labels: the model's own ImageNet predictions (notebook 01 trains with them by default)
+    labels = model_labels(model, dataset, top=3, min_probability=0.05)
+    run(default_store, "weak_labels", model, methods=DEFAULT_METHODS, baselines=False, weak_labels=labels)
+    run(default_store, "weak_labels_s2", model, methods=DEFAULT_METHODS, calibrations=(True,), baselines=False,
+        weak_labels=labels, votes_per_image=2)  # each image votes for 2 words, not the paper's 5
+    for seed in args.split_seeds:
+        run(default_store, f"weak_labels_seed{seed}", model, methods=DEFAULT_METHODS, calibrations=(True,),
+            baselines=False, weak_labels=labels, seed=seed)
+
     nouns = Vocabulary.concrete_nouns(space)
     if "open_vocabulary" not in args.skip:
         run(default_store, "open_vocabulary", model, methods=DEFAULT_METHODS, vocabulary=nouns, baselines=False)
-        labels = model_labels(model, dataset, top=3, min_probability=0.05)
         run(default_store, "open_vocabulary_weak_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
             baselines=False, weak_labels=labels)
         regions = region_labels(model, default_store, dataset, top=3, min_probability=0.3)
@@ -179,6 +215,14 @@ def main() -> None:
             prompted_nouns = Vocabulary.from_words(prompted, list(nouns.words), missing="skip", name=nouns.name)
             run(default_store, "glove_minilm_prompt_weak_labels", model, methods=DEFAULT_METHODS,
                 vocabulary=prompted_nouns, baselines=False, weak_labels=labels, word_space=prompted)
+            for seed in args.split_seeds:  # the notebooks' default space, and the prompt idea, on other splits
+                for candidates in ("concepts", combined_nouns):
+                    run(default_store, f"glove_minilm_weak_labels_seed{seed}", model, methods=DEFAULT_METHODS,
+                        vocabulary=candidates, calibrations=(True,), baselines=False, weak_labels=labels,
+                        word_space=combined, seed=seed)
+                run(default_store, f"glove_minilm_prompt_weak_labels_seed{seed}", model,
+                    methods=(("activation_masking", "paper"),), vocabulary=prompted_nouns, calibrations=(True,),
+                    baselines=False, weak_labels=labels, word_space=prompted, seed=seed)
 
     finish(out, args, started, results, gammas, default_words)
 
@@ -195,7 +239,10 @@ def finish(out, args, started, results, gammas, default_words) -> None:
                "## Seen / unseen / H at recall@5, 10, 20", "",
                "Object ground truth. Filter words: the filter's vote-ranked words; image words: each top image's "
                "own words. Calibrated runs use gamma chosen on an inner split of the seen concepts, per method.",
-               "", zero_shot(recall).to_markdown(), ""]
+               "", zero_shot(recall).to_markdown(), "",
+               f"## Across seen/unseen splits (seeds {args.seed}, {', '.join(map(str, args.split_seeds))})", "",
+               "Calibrated, recall@20, object ground truth: mean ± sd over the splits.", "",
+               across_seeds(recall).to_markdown(), ""]
     (out / "summary.md").write_text("\n".join(summary))
     print("\n".join(summary))
     print(json.dumps({"outputs": str(out)}))

@@ -1,8 +1,11 @@
+import itertools
+
 import pandas as pd
 import pytest
 import torch
 
-from lavise_nb.evaluate import RECALL_COLUMNS, RecallEvaluator, frequency_baseline, ground_truth, recall
+from lavise_nb.evaluate import (RECALL_COLUMNS, RecallEvaluator, frequency_baseline, ground_truth, oracle_words,
+                                recall)
 
 
 def test_recall_on_a_hand_made_case():
@@ -19,6 +22,22 @@ def test_recall_on_a_hand_made_case():
     by_image = recall(truth, per_image, ks=(1, 2), by=("filter", "image")).set_index("k")
     assert by_image.loc[1, "recall"] == pytest.approx((1 / 2 + 0 + 0) / 3)
     assert by_image.loc[2, "recall"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def test_oracle_words_reach_the_best_recall_of_any_list():
+    # filter 0: dog is in all three pairs, cat in two, grass and sky in one each
+    truth = pd.DataFrame({"filter": [0] * 7 + [1], "image": [1, 1, 2, 2, 3, 3, 3, 4],
+                          "concept": ["dog", "grass", "dog", "cat", "dog", "cat", "sky", "car"]})
+    best = oracle_words(truth, top_words=2)
+    assert best[best["filter"] == 0]["word"].tolist() == ["dog", "cat"]
+    assert best[best["filter"] == 1]["word"].tolist() == ["car"]
+    got = recall(truth, best, ks=(2,))["recall"].iloc[0]
+    assert got == pytest.approx((1 / 2 + 1 + 2 / 3 + 1) / 4)
+    concepts = sorted(set(truth["concept"]))
+    for pair in itertools.combinations(concepts, 2):
+        words = pd.DataFrame({"filter": [0, 0, 1], "rank": [1, 2, 1], "word": [*pair, "car"]})
+        assert recall(truth, words, ks=(2,))["recall"].iloc[0] <= got + 1e-12
+    assert oracle_words(truth.iloc[:0]).empty
 
 
 def test_ground_truth_iou_against_a_direct_computation(tiny_store):

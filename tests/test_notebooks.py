@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 papermill = pytest.importorskip("papermill")
 
@@ -65,6 +66,9 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     assert gamma["H"].between(0, 1).all() and len(gamma) == 2 * 26 and set(gamma["words"]) == {"image", "filter"}
     settings = json.loads((train / "settings.json").read_text())
     assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15"
+    checkpoint = torch.load(train / "mapper.pt", weights_only=True)
+    assert settings["word_space"] == "glove-6b-50d+minilm"
+    assert checkpoint["space_id"].startswith("glove-6b-50d+minilm-434d-") and checkpoint["dim"] == 50 + 384
     cells = json.loads(executed.read_text())["cells"]
     assert not any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
     assert any("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
@@ -97,6 +101,18 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     cells = json.loads(executed.read_text())["cells"]
     pictures = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
     assert pictures >= 3 + 1 + 1  # static browser cards, look-up bars, recall bars
+
+
+@pytest.mark.notebook
+def test_notebooks_train_and_explain_in_glove_alone(tmp_path):
+    glove = dict(SMALL, word_space="glove-6b-50d", output_dir=str(tmp_path))
+    _run("01_train_explainer.ipynb", tmp_path, max_epochs=2, calibrate=False, **glove)
+    _run("02_explain_filters.ipynb", tmp_path, vocabulary="concepts", compare=False, p=5, s=3, top_words=5,
+         n_cards=1, query="car", **glove)
+    checkpoint = torch.load(tmp_path / "train" / "mapper.pt", weights_only=True)
+    assert checkpoint["space_id"].startswith("glove-6b-50d-50d-") and checkpoint["dim"] == 50
+    table = pd.read_csv(tmp_path / "explain" / "explanations.csv").dropna(subset=["word"])
+    assert table["filter"].nunique() > 200 and set(table["word"]) <= set(checkpoint["concepts"])
 
 
 @pytest.mark.notebook

