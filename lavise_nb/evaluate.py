@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ._progress import progress
 
-__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection", "compare_methods",
-           "RECALL_COLUMNS"]
+__all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection",
+           "compare_methods", "RECALL_COLUMNS"]
 
 RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", "k", "recall", "pairs"]
 

@@ -22,8 +22,8 @@ from torch import nn
 from ._progress import progress
 from .probe import resolve_device
 
-__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels", "region_labels",
-           "imagenet_classes"]
+__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels",
+           "region_labels", "imagenet_classes"]
 
 
 class ExplainerHead(nn.Module):

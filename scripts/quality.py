@@ -151,8 +151,9 @@ def main() -> None:
                     gammas.append(tuned.gamma_table.assign(method=method_name(method, attention), layer=store.layer,
                                                            **tags))
                 recall, words_table = compare_methods(store, tuned, words, vocabulary, [(method, attention)],
-                                                      s=votes_per_image, calibrated=calibrated, netdissect=False, frequency=False,
-                                                      model=layer_model, dataset=dataset, model_name=layer_model.name)
+                                                      s=votes_per_image, calibrated=calibrated, netdissect=False,
+                                                      frequency=False, model=layer_model, dataset=dataset,
+                                                      model_name=layer_model.name)
                 results.append(recall.assign(calibrated=calibrated, gamma=tuned.gamma if calibrated else 0.0,
                                              filter_gamma=(tuned.filter_gamma or 0.0) if calibrated else 0.0, **tags))
                 explained.append(words_table.assign(calibrated=calibrated))
