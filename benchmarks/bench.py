@@ -106,7 +106,7 @@ def reference_explain(model, data, store, explainer: FilterExplainer, filters, d
     """
     mapper, p, s = explainer.mapper, explainer.p, explainer.s
     vectors = explainer.vectors.to(device)
-    bias = torch.from_numpy((explainer.kinds == "seen") * explainer.filter_gamma).float().to(device)
+    bias = explainer.seen_offsets(explainer.filter_gamma).to(device)
     head = mapper.head.to(device).eval()
     maxima = np.asarray(store.maxima)
     model.to(device)

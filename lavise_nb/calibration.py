@@ -167,7 +167,7 @@ class GammaCalibration:
         pairs = explainer.pairs()
         vectors = mapper.embed(explainer.pair_features(pairs))
         scores = explainer.word_scores(vectors, explainer._word_hubness(vectors))
-        is_inner = torch.tensor([w in set(inner) for w in explainer.words], dtype=torch.float32)
+        is_inner = explainer.seen_offsets(1.0)  # the inner mapper's seen concepts are the pseudo-seen ones
         truth = RecallEvaluator(self.store, inner, held, stuff=self.store.stuff).truth(pairs)
         truth = truth[~truth["concept"].isin(self.store.stuff) & truth["concept"].isin(candidates)]
         truth = truth[["filter", "image", "concept"]].drop_duplicates()

@@ -196,20 +196,25 @@ class FilterExplainer:
         """Pairs, their vectors (P, dim), and each pair's top ``image_k`` word indices and scores (P, image_k)."""
         key = None if filters is None else tuple(np.asarray(filters).tolist())
         gamma = self.gamma if gamma is None else gamma
-        if key not in self._cache:
-            pairs = self.pairs(filters)
-            vectors = self.mapper.embed(self.pair_features(pairs))
-            self._cache[key] = (pairs, vectors, self._word_hubness(vectors))
         if (key, gamma) not in self._cache:
-            pairs, vectors, local = self._cache[key]
+            pairs, vectors, local = self._pair_vectors(filters)
             index_top, scores_top = self.top_words_of(vectors, gamma, self.image_k, local)
             self._cache[key, gamma] = (pairs, vectors, index_top, scores_top)
         return self._cache[key, gamma]
 
+    def _pair_vectors(self, filters) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor | None]:
+        """Pairs, their explanation vectors (P, dim) and the words' hubness r_w (V,) or None; cached."""
+        key = None if filters is None else tuple(np.asarray(filters).tolist())
+        if key not in self._cache:
+            pairs = self.pairs(filters)
+            vectors = self.mapper.embed(self.pair_features(pairs))
+            self._cache[key] = (pairs, vectors, self._word_hubness(vectors))
+        return self._cache[key]
+
     def top_words_of(self, vectors: torch.Tensor, gamma: float, k: int,
                      local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices and calibrated scores of each vector's k best candidate words, both (n, k)."""
-        bias = torch.from_numpy((self.kinds == "seen") * gamma).float()
+        bias = self.seen_offsets(gamma)
         k = min(k, len(self.words))
         index_top, scores_top = [torch.zeros(0, k, dtype=torch.long)], [torch.zeros(0, k)]
         for chunk in vectors.split(2048):
@@ -217,6 +222,10 @@ class FilterExplainer:
             scores_top.append(top.values)
             index_top.append(top.indices)
         return torch.cat(index_top), torch.cat(scores_top)
+
+    def seen_offsets(self, gamma: float) -> torch.Tensor:
+        """Calibrated stacking's offsets, (V,): ``gamma`` for seen concepts, 0 for the other words."""
+        return torch.from_numpy((self.kinds == "seen") * float(gamma)).float()
 
     def word_scores(self, vectors: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
         """Uncalibrated scores of every candidate word, (n, V): cosines, or CSLS with ``local`` = r_w."""
@@ -324,7 +333,7 @@ class FilterExplainer:
         -------
         (filters, vectors) : numpy.ndarray (F,), torch.Tensor (F, dim) unit-norm
         """
-        pairs, vectors, _, _ = self._pair_words(filters)
+        pairs, vectors, _ = self._pair_vectors(filters)
         ids = pairs["filter"].to_numpy()
         unique, inverse = np.unique(ids, return_inverse=True)
         weights = torch.tensor(pairs["activation"].to_numpy(), dtype=torch.float32)[:, None]

@@ -534,7 +534,7 @@ def hybrid_space(words: Iterable[str], base: WordSpace | None = None, *, templat
     base = load_word_space(DEFAULT_SPACE) if base is None else base
     names = [str(w).strip().lower() for w in words]
     tokens = {t for n in names for t in _SPLIT.split(n) if t}
-    keep = sorted(w for w in set(names) | tokens if w and not w.split()[1:] and w in base)
+    keep = sorted(w for w in set(names) | tokens if w and " " not in w and w in base)
     if not keep:
         raise ValueError(f"none of the given words is in {base.name}; pass words the base space knows")
     default = f"{base.name}+minilm" + ("" if template == "{}" else f"[{template}]")
