@@ -10,6 +10,7 @@ The public surface, one noun per module:
 - :mod:`~lavise_nb.mapper`: ``ExplainerTrainer`` -> ``Mapper``
 - :mod:`~lavise_nb.explain`: ``FilterExplainer`` (one verb: ``explain``)
 - :mod:`~lavise_nb.calibration`: ``GammaCalibration`` (calibrated stacking for unseen words)
+- :mod:`~lavise_nb.prior`: ``ClassPrior`` (the model's own predictions for a filter's region)
 - :mod:`~lavise_nb.evaluate`: recall@k against ground truth, with baselines
 - :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
 - :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
@@ -20,6 +21,7 @@ from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenome
 from .evaluate import RecallEvaluator, frequency_baseline, network_dissection
 from .explain import FilterExplainer
 from .mapper import ExplainerTrainer, Mapper
+from .prior import ClassPrior
 from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, wrap_model
 from .scenes import build_stamp_scenes, stamp_scenes
 from .store import ActivationStore
@@ -29,7 +31,7 @@ from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_wor
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationStore", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison",
+    "ActivationStore", "ClassPrior", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison",
     "ImageFolderDataset", "LayerProbe", "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel",
     "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
     "hybrid_space", "load_model", "load_word_space", "network_dissection", "null_groups", "planted_groups",

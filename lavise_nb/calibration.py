@@ -49,7 +49,7 @@ class GammaCalibration:
         Share of the seen concepts kept as pseudo-seen.
     k : int
         Recall@k (filter level) or top-k accuracy (mask level) used for H.
-    method, attention, p, s, hubness : explanation settings for the filter level.
+    method, attention, p, s, voting, temperature, hubness : explanation settings for the filter level.
     vocabulary : "concepts" or Vocabulary or list of str
         Candidate words at the filter level: tune gamma with the candidates you
         will explain with (an open vocabulary needs its own gamma).
@@ -58,6 +58,9 @@ class GammaCalibration:
         so the inner explainer is trained the same way; they never name an
         annotated concept, so they cannot leak the pseudo-unseen ones.
     weak_weight : float
+    prior : ClassPrior, optional
+        The class prior the explanations will use (filter level only); the gamma is
+        tuned with it and ``mapper.prior`` records its settings.
     seed : int
 
     Examples
@@ -68,17 +71,21 @@ class GammaCalibration:
 
     def __init__(self, store, space, mapper: Mapper, *, level: str = "filter", gammas=None,
                  inner_fraction: float = 0.7, k: int = 20, method: str = "attention", attention: str = "soft_mask",
-                 p: int = 25, s: int = 5, vocabulary="concepts", hubness: str | None = None, weak_labels=None,
-                 weak_weight: float = 0.5, seed: int = 0, show_progress: bool = False):
+                 p: int = 25, s: int = 5, voting: str = "softmax", temperature: float = 0.1, vocabulary="concepts", hubness: str | None = None, weak_labels=None,
+                 weak_weight: float = 0.5, prior=None, seed: int = 0, show_progress: bool = False):
         if level not in ("filter", "mask"):
             raise ValueError(f"level must be 'filter' or 'mask', not {level!r}")
+        if prior is not None and level == "mask":
+            raise ValueError("a class prior scores (filter, image) pairs, not masks: use level='filter' with prior=")
         self.store, self.space, self.mapper = store, space, mapper
         self.level, self.k, self.seed = level, k, seed
         self.gammas = np.round(np.arange(0, 0.501, 0.01), 4) if gammas is None else np.asarray(gammas, float)
         self.inner_fraction = inner_fraction
         self.method, self.attention, self.p, self.s = method, attention, p, s
+        self.voting, self.temperature = voting, temperature
         self.vocabulary, self.hubness = vocabulary, hubness
         self.weak_labels, self.weak_weight = weak_labels, weak_weight
+        self.prior = prior
         self.show_progress = show_progress
 
     def split(self) -> tuple[list, list]:
@@ -135,6 +142,7 @@ class GammaCalibration:
         self.mapper.gamma = float(best.get("image", best.get("mask")))
         self.mapper.filter_gamma = float(best["filter"]) if "filter" in best else None
         self.mapper.gamma_table = table
+        self.mapper.prior = None if self.prior is None else self.prior.settings
         return self.mapper
 
     def _mask_level(self, mapper: Mapper, inner: list, held: list):
@@ -162,11 +170,11 @@ class GammaCalibration:
         from .explain import FilterExplainer
         candidates = sorted(self.mapper.seen)
         explainer = FilterExplainer(self.store, mapper, self.space, vocabulary=self.vocabulary, method=self.method,
-                                    attention=self.attention, p=self.p, s=self.s, calibrated=False,
-                                    hubness=self.hubness)
-        pairs = explainer.pairs()
-        vectors = mapper.embed(explainer.pair_features(pairs))
-        scores = explainer.word_scores(vectors, explainer._word_hubness(vectors))
+                                    attention=self.attention, p=self.p, s=self.s, voting=self.voting,
+                                    temperature=self.temperature, calibrated=False,
+                                    hubness=self.hubness, prior=self.prior)
+        pairs, vectors, local = explainer._pair_vectors(None)
+        scores = explainer.word_scores(vectors, local)
         is_inner = explainer.seen_offsets(1.0)  # the inner mapper's seen concepts are the pseudo-seen ones
         truth = RecallEvaluator(self.store, inner, held, stuff=self.store.stuff).truth(pairs)
         truth = truth[~truth["concept"].isin(self.store.stuff) & truth["concept"].isin(candidates)]
@@ -176,11 +184,12 @@ class GammaCalibration:
                              word=truth["concept"].map({w: i for i, w in enumerate(explainer.words)}).to_numpy())
         subsets = [truth[truth["concept"].isin(inner)], truth[truth["concept"].isin(held)]]
         k = min(self.k, len(explainer.words))
+        voters = min(explainer.image_k, len(explainer.words))  # the words each image votes among, as in explain
         n_filters = self.store.shape[1]
         out = {"image": ([], []), "filter": ([], [])}
         for gamma in self.gammas:
-            top = (scores - gamma * is_inner).topk(max(k, explainer.s), dim=1)
-            votes = explainer.votes(pairs, top.indices, top.values)
+            top = (scores - gamma * is_inner).topk(max(k, voters), dim=1)
+            votes = explainer.votes(pairs, top.indices[:, :voters], top.values[:, :voters])
             votes["rank"] = votes.groupby("filter").cumcount()
             votes = votes[votes["rank"] < k]
             per_filter = np.full((n_filters, k), -1, dtype=np.int64)

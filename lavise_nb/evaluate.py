@@ -266,9 +266,10 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
 
 def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("attention", "soft_mask"),
                     ("attention", "paper"), ("attention", "code"), ("activation_masking", "paper"),
-                    ("original", "paper")), *, p: int = 25, s: int = 5, calibrated=True, model=None,
+                    ("original", "paper")), *, p: int = 25, s: int = 5, voting: str = "softmax",
+                    temperature: float = 0.1, calibrated=True, model=None,
                     dataset=None, netdissect: bool = True, frequency: bool = True, iou_threshold: float = 0.04,
-                    ks=(5, 10, 20), model_name: str = "", hubness: str | None = None,
+                    ks=(5, 10, 20), model_name: str = "", hubness: str | None = None, prior=None,
                     show_progress: bool = False):
     """Recall of several explanation methods and the baselines, in one tidy table.
 
@@ -276,10 +277,13 @@ def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("atte
     ----------
     methods : iterable of (method, attention)
         ``("image_masking", "paper")`` also needs ``model`` and ``dataset``.
+    p, s, voting, temperature : explanation settings (see :class:`~lavise_nb.explain.FilterExplainer`).
     netdissect, frequency : bool
         Add Network Dissection labels and the most-frequent-concepts baseline.
     hubness : {None, "csls"}
         Word scoring of every method (see :class:`~lavise_nb.explain.FilterExplainer`).
+    prior : ClassPrior, optional
+        The target model's class prior, added for every method.
 
     Returns
     -------
@@ -295,8 +299,9 @@ def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("atte
     for method, attention in methods:
         name = method if method != "attention" else f"attention/{attention}"
         explainer = FilterExplainer(store, mapper, space, vocabulary, method=method, attention=attention, p=p,
-                                    s=s, top_words=max(ks), calibrated=calibrated, model=model,
-                                    dataset=dataset, hubness=hubness, show_progress=show_progress)
+                                    s=s, voting=voting, temperature=temperature, top_words=max(ks),
+                                    calibrated=calibrated, model=model,
+                                    dataset=dataset, hubness=hubness, prior=prior, show_progress=show_progress)
         words = explainer.explain().assign(method=name)
         pairs = explainer.pairs()
         tables.append(evaluator.evaluate(words, explainer.image_words(), pairs, name, model_name))

@@ -8,6 +8,8 @@ network again (batched).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
@@ -21,6 +23,7 @@ __all__ = ["FilterExplainer", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLU
 
 METHODS = ("attention", "activation_masking", "image_masking", "original")
 ATTENTION_FORMS = ("soft_mask", "paper", "code")
+VOTING = ("softmax", "top_s")
 EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images", "method", "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
                       "method"]
@@ -57,7 +60,16 @@ class FilterExplainer:
     p : int
         Top images per filter (by max activation).
     s : int
-        Words each image votes for.
+        Words each image votes for (``voting="top_s"``).
+    voting : {"softmax", "top_s"}
+        How a filter's images vote for its words; each image's vote counts its max
+        activation. ``"top_s"`` (the paper): one vote for each of its ``s`` best words.
+        ``"softmax"`` (default): a share of the vote for each of its ``image_k`` best
+        words, softmax(score / ``temperature``), so a near-certain word gets the whole
+        vote and a close call splits it. Chosen by measurement: on the embedded
+        default it raises H@20 of the filter's words by about 0.05 (README).
+    temperature : float
+        Softmax temperature of ``voting="softmax"``, in cosine units.
     image_k : int
         Words kept per (filter, image) in :meth:`image_words` (at least ``s``).
     hubness : {None, "csls"}
@@ -73,20 +85,30 @@ class FilterExplainer:
         ``filter_gamma`` for the filter's vote-ranked words (each tuned at its own
         level by :class:`~lavise_nb.calibration.GammaCalibration`); a float: that
         offset for both; False: raw cosines.
+    prior : ClassPrior, optional
+        Adds the target model's own predictions for each pair's region to the pair's
+        explanation vector before words are ranked (see :mod:`lavise_nb.prior`). A
+        calibrated gamma holds for the prior it was tuned with; a mismatch warns.
     model, dataset : optional
         Needed only for ``method="image_masking"``.
     device : str
     """
 
     def __init__(self, store, mapper, space, vocabulary=None, *, method: str = "attention",
-                 attention: str = "soft_mask", p: int = 25, s: int = 5, top_words: int = 10,
+                 attention: str = "soft_mask", p: int = 25, s: int = 5, voting: str = "softmax",
+                 temperature: float = 0.1, top_words: int = 10,
                  calibrated=True, model=None, dataset=None, device="cpu", batch_pairs: int = 1024,
-                 image_k: int = 20, hubness: str | None = None, hubness_k: int = 10,
+                 image_k: int = 20, hubness: str | None = None, hubness_k: int = 10, prior=None,
                  show_progress: bool = False):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if attention not in ATTENTION_FORMS:
             raise ValueError(f"attention must be one of {ATTENTION_FORMS}, not {attention!r}")
+        if voting not in VOTING:
+            raise ValueError(f"voting must be one of {VOTING}, not {voting!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {temperature}")
+        self.voting, self.temperature = voting, float(temperature)
         if method == "image_masking" and (model is None or dataset is None):
             raise ValueError("method='image_masking' runs the network again: pass model= and dataset=")
         mapper.check(store, space)
@@ -100,7 +122,13 @@ class FilterExplainer:
         self.device = resolve_device(device)
         self.batch_pairs = batch_pairs
         self.show_progress = show_progress
+        self.prior = prior
         if calibrated is True:
+            tuned_with = getattr(mapper, "prior", None)
+            if (tuned_with or None) != (None if prior is None else prior.settings):
+                warnings.warn(f"the mapper's gamma was tuned {'with ' + str(tuned_with) if tuned_with else 'without'}"
+                              f" a class prior, but this explainer uses {prior.settings if prior else 'none'}: "
+                              "run GammaCalibration(..., prior=...) with this explainer's prior", stacklevel=2)
             self.gamma = float(mapper.gamma)
             self.filter_gamma = float(mapper.gamma if mapper.filter_gamma is None else mapper.filter_gamma)
         else:
@@ -208,6 +236,8 @@ class FilterExplainer:
         if key not in self._cache:
             pairs = self.pairs(filters)
             vectors = self.mapper.embed(self.pair_features(pairs))
+            if self.prior is not None and len(pairs):
+                vectors = F.normalize(vectors + self.prior.weight * self.prior.vectors(self.store, pairs), dim=1)
             self._cache[key] = (pairs, vectors, self._word_hubness(vectors))
         return self._cache[key]
 
@@ -248,9 +278,9 @@ class FilterExplainer:
         pandas.DataFrame
             One row per (filter, word), ``top_words`` per filter, columns
             ``layer, filter, rank`` (1 = best), ``word``, ``votes`` (sum over the
-            filter's top images of their max activation, for each image that has
-            the word among its top-s), ``score`` (mean calibrated cosine over those
-            images), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
+            filter's top images of their max activation times their vote for the
+            word, see ``voting``), ``score`` (mean calibrated cosine over the images
+            that voted for it), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
             word outside the annotations), ``n_images`` (images that voted),
             ``method`` and ``note`` (why a filter has no words).
         """
@@ -276,14 +306,15 @@ class FilterExplainer:
         return table[EXPLANATION_COLUMNS]
 
     def votes(self, pairs: pd.DataFrame, index_top: torch.Tensor, scores_top: torch.Tensor) -> pd.DataFrame:
-        """Each image votes for its top-s words with its max activation; sum per filter.
+        """Each image votes for its best words with its max activation (see ``voting``); sum per filter.
 
         Parameters
         ----------
         pairs : pandas.DataFrame
             :meth:`pairs` rows (filter, image, activation), P of them.
         index_top, scores_top : torch.Tensor
-            (P, >= s) word indices and scores of each pair, best first.
+            (P, k) word indices and calibrated scores of each pair, best first
+            (k >= ``s`` for ``"top_s"``; the softmax uses all k).
 
         Returns
         -------
@@ -291,11 +322,15 @@ class FilterExplainer:
             ``filter, word`` (index into :attr:`words`), ``votes``, ``score``,
             sorted by filter, then votes and score descending.
         """
-        index_top, scores_top = index_top[:, :self.s], scores_top[:, :self.s]
+        if self.voting == "top_s":
+            index_top, scores_top = index_top[:, :self.s], scores_top[:, :self.s]
+            shares = torch.ones_like(scores_top)
+        else:
+            shares = (scores_top / self.temperature).softmax(dim=1)
         frame = pd.DataFrame({
             "filter": np.repeat(pairs["filter"].to_numpy(), index_top.shape[1]),
             "word": index_top.reshape(-1).numpy(),
-            "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]),
+            "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]) * shares.reshape(-1).numpy(),
             "score": scores_top.reshape(-1).numpy(),
         })
         votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean"))

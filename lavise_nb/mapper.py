@@ -140,6 +140,8 @@ class Mapper:
         The calibration curves it was chosen from (``GammaCalibration.table()``).
     filter_gamma : float or None
         The offset tuned for a filter's vote-ranked words (None: use ``gamma``).
+    prior : dict or None
+        ``ClassPrior.settings`` of the class prior the gammas were tuned with (None: none).
     """
 
     head: ExplainerHead
@@ -154,6 +156,7 @@ class Mapper:
     gamma: float = 0.0
     gamma_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     filter_gamma: float | None = None
+    prior: dict | None = None
 
     def embed(self, pooled: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """(B, d) pooled features -> (B, dim) unit vectors, in eval mode."""
@@ -191,6 +194,7 @@ class Mapper:
             "filter_gamma": None if self.filter_gamma is None else float(self.filter_gamma),
             "history": _plain(self.history.to_dict(orient="list")),
             "gamma_table": _plain(self.gamma_table.to_dict(orient="list")),
+            "prior": _plain(self.prior),
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(payload, tmp)
@@ -207,7 +211,7 @@ class Mapper:
         mapper = cls(head, payload["concepts"], payload["seen"], payload["unseen"], payload["space_id"],
                      payload["layer"], payload["model"], payload["config"],
                      pd.DataFrame(payload["history"]), payload["gamma"], pd.DataFrame(payload["gamma_table"]),
-                     payload.get("filter_gamma"))
+                     payload.get("filter_gamma"), payload.get("prior"))
         mapper.check(store, space)
         return mapper
 

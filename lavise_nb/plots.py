@@ -79,7 +79,7 @@ def filter_summary(explanations: pd.DataFrame, image_words: pd.DataFrame | None 
     pandas.DataFrame
         Columns ``filter, word`` (rank 1), ``kind``, ``votes``, ``score``, ``n_images``,
         ``agreement`` (the rank-1 word's votes over the summed activation of the
-        filter's top images: 1 when every image names it; NaN without
+        filter's top images: 1 when every image gives it its whole vote; NaN without
         ``image_words``), ``shared`` (filters with the same first word) and
         ``words`` (the first ``n_words``, comma separated), sorted best explained
         first (agreement, then votes).
@@ -203,8 +203,8 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
             ax.text(votes, yy, f" {votes:.1f}  (cos {score:.2f})", va="center", fontsize=7, color="#333333")
         ax.set_xlim(0, float(named["votes"].max()) * 1.3)
         n_voters = int(named["n_images"].iloc[0])
-        ax.set_xlabel(f"votes: summed max activation of the images (of the top {n_voters}) "
-                      "that rank the word in their top words", fontsize=8)
+        ax.set_xlabel(f"votes: each of the top {n_voters} images gives its max activation, shared among "
+                      "the words it ranks first", fontsize=8)
     else:
         note = rows["note"].iloc[0] if len(rows) and "note" in rows else "no explanation for this filter"
         ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9)

@@ -24,7 +24,8 @@ from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import (RecallEvaluator, compare_methods, frequency_baseline, network_dissection,
                                oracle_words)
 from lavise_nb.explain import FilterExplainer
-from lavise_nb.mapper import model_labels, region_labels
+from lavise_nb.mapper import imagenet_classes, model_labels, region_labels
+from lavise_nb.prior import ClassPrior
 
 METHODS = (("attention", "soft_mask"), ("attention", "paper"), ("attention", "code"),
            ("activation_masking", "paper"), ("original", "paper"))
@@ -64,12 +65,12 @@ def baseline_rows(store, mapper, space, vocabulary, model_name: str) -> pd.DataF
                                          model_name)], ignore_index=True)
 
 
-def glove_minilm(space, nouns, concepts, labels, template="{}"):
+def glove_minilm(space, nouns, concepts, template="{}"):
     """GloVe concatenated with MiniLM over the words the experiments need (None without the extra)."""
     from lavise_nb.words import hybrid_space
 
     try:
-        return hybrid_space([*nouns.words, *concepts, *sorted(set(labels["label"]))], space, template=template)
+        return hybrid_space([*nouns.words, *concepts, *imagenet_classes()], space, template=template)
     except ImportError as error:
         print(f"skipping the GloVe+MiniLM rows: {error}")
         return None
@@ -129,13 +130,14 @@ def main() -> None:
 
     def run(store, name, layer_model, seen_fraction=0.7, methods=METHODS, vocabulary="concepts",
             calibrations=(False, True), baselines=True, weak_labels=None, weak_weight=0.5, word_space=None,
-            seed=None, votes_per_image=5):
+            seed=None, votes_per_image=5, voting="softmax", prior=None):
         words = space if word_space is None else word_space
         seed = args.seed if seed is None else seed
         mapper = ExplainerTrainer(store, words, seen_fraction=seen_fraction, seed=seed,
                                   weak_labels=weak_labels, weak_weight=weak_weight).fit()
         tags = dict(experiment=name, seen_fraction=seen_fraction, word_space=words.name, split_seed=seed,
-                    s=votes_per_image, candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
+                    s=votes_per_image, voting=voting, class_prior=prior is not None,
+                    candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
         explained, inner = [], None
         for calibrated in calibrations:
             for method, attention in methods:
@@ -144,14 +146,15 @@ def main() -> None:
                     tuned = copy.copy(mapper)
                     calibration = GammaCalibration(store, words, tuned, level="filter", vocabulary=vocabulary,
                                                    method=method, attention=attention, seed=seed, gammas=GAMMAS,
-                                                   s=votes_per_image,
+                                                   s=votes_per_image, voting=voting, prior=prior,
                                                    weak_labels=weak_labels, weak_weight=weak_weight)
                     inner = inner or calibration.inner_mapper()
                     calibration.fit(inner)
                     gammas.append(tuned.gamma_table.assign(method=method_name(method, attention), layer=store.layer,
                                                            **tags))
                 recall, words_table = compare_methods(store, tuned, words, vocabulary, [(method, attention)],
-                                                      s=votes_per_image, calibrated=calibrated, netdissect=False,
+                                                      s=votes_per_image, voting=voting, prior=prior,
+                                                      calibrated=calibrated, netdissect=False,
                                                       frequency=False, model=layer_model, dataset=dataset,
                                                       model_name=layer_model.name)
                 results.append(recall.assign(calibrated=calibrated, gamma=tuned.gamma if calibrated else 0.0,
@@ -191,8 +194,9 @@ def main() -> None:
     # GloVe with weak labels: the model's own ImageNet predictions (notebook 01 trains with them by default)
     labels = model_labels(model, dataset, top=3, min_probability=0.05)
     run(default_store, "weak_labels", model, methods=DEFAULT_METHODS, baselines=False, weak_labels=labels)
-    run(default_store, "weak_labels_s2", model, methods=DEFAULT_METHODS, calibrations=(True,), baselines=False,
-        weak_labels=labels, votes_per_image=2)  # each image votes for 2 words, not the paper's 5
+    for s in (5, 2):  # the paper's voting: each image votes for its s best words
+        run(default_store, f"weak_labels_top_s{s}", model, methods=DEFAULT_METHODS, calibrations=(True,),
+            baselines=False, weak_labels=labels, votes_per_image=s, voting="top_s")
     for seed in args.split_seeds:
         run(default_store, f"weak_labels_seed{seed}", model, methods=DEFAULT_METHODS, calibrations=(True,),
             baselines=False, weak_labels=labels, seed=seed)
@@ -200,23 +204,34 @@ def main() -> None:
     nouns = Vocabulary.concrete_nouns(space)
     if "open_vocabulary" not in args.skip:
         run(default_store, "open_vocabulary", model, methods=DEFAULT_METHODS, vocabulary=nouns, baselines=False)
+        run(default_store, "open_vocabulary_prior", model, methods=DEFAULT_METHODS, vocabulary=nouns, baselines=False,
+            calibrations=(True,), prior=ClassPrior(model, dataset, space, device=args.device))
         run(default_store, "open_vocabulary_weak_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
             baselines=False, weak_labels=labels)
         regions = region_labels(model, default_store, dataset, top=3, min_probability=0.3)
         run(default_store, "open_vocabulary_region_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
             baselines=False, weak_labels=regions, weak_weight=0.25)
-        combined = glove_minilm(space, nouns, default_store.concepts, labels)
+        combined = glove_minilm(space, nouns, default_store.concepts)
         if combined is not None:
             combined_nouns = Vocabulary.from_words(combined, list(nouns.words), missing="skip", name=nouns.name)
             for name, weak in (("glove_minilm", None), ("glove_minilm_weak_labels", labels)):
                 for candidates in ("concepts", combined_nouns):
                     run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates, baselines=False,
                         weak_labels=weak, word_space=combined)
-            prompted = glove_minilm(space, nouns, default_store.concepts, labels, template="a photo of a {}.")
+            prompted = glove_minilm(space, nouns, default_store.concepts, template="a photo of a {}.")
             prompted_nouns = Vocabulary.from_words(prompted, list(nouns.words), missing="skip", name=nouns.name)
             run(default_store, "glove_minilm_prompt_weak_labels", model, methods=DEFAULT_METHODS,
                 vocabulary=prompted_nouns, baselines=False, weak_labels=labels, word_space=prompted)
-            for seed in args.split_seeds:  # the notebooks' default space, and the prompt idea, on other splits
+            combined_prior = ClassPrior(model, dataset, combined, device=args.device)
+            run(default_store, "glove_minilm_weak_labels_top_s5", model, methods=DEFAULT_METHODS,
+                calibrations=(True,), baselines=False, weak_labels=labels, word_space=combined, voting="top_s")
+            for seed in [args.seed, *args.split_seeds]:  # the notebooks' default: + the model's own class prior
+                for candidates in ("concepts", combined_nouns):
+                    name = "glove_minilm_weak_labels_prior" + (f"_seed{seed}" if seed != args.seed else "")
+                    run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates,
+                        calibrations=(True,), baselines=False, weak_labels=labels, word_space=combined, seed=seed,
+                        prior=combined_prior)
+            for seed in args.split_seeds:  # the space without the prior, and the prompt idea, on other splits
                 for candidates in ("concepts", combined_nouns):
                     run(default_store, f"glove_minilm_weak_labels_seed{seed}", model, methods=DEFAULT_METHODS,
                         vocabulary=candidates, calibrations=(True,), baselines=False, weak_labels=labels,

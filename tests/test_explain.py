@@ -105,3 +105,28 @@ def test_image_words_and_reverse_lookup(tiny_store, mapper, space):
     assert list(hits.columns) == ["query", "rank", "filter", "score", "words"]
     assert hits.iloc[0]["filter"] == COLOUR_FILTERS["red"]
     assert hits["score"].is_monotonic_decreasing
+
+
+def test_votes_follow_the_voting_rule():
+    explainer = object.__new__(FilterExplainer)
+    explainer.s, explainer.temperature = 2, 0.1
+    pairs = pd.DataFrame({"filter": [0, 0], "image": [3, 4], "activation": [2.0, 1.0]})
+    index_top = torch.tensor([[5, 6, 7], [6, 5, 7]])
+    scores_top = torch.tensor([[0.9, 0.8, 0.1], [0.7, 0.7, 0.6]])
+    explainer.voting = "top_s"  # the paper: each image's s best words, one activation-weighted vote each
+    top_s = explainer.votes(pairs, index_top, scores_top).set_index("word")["votes"]
+    assert top_s.to_dict() == {5: 3.0, 6: 3.0}
+    explainer.voting = "softmax"  # shares of the vote: softmax(score / temperature) over each image's words
+    soft = explainer.votes(pairs, index_top, scores_top).set_index("word")["votes"]
+    first, second = (scores_top / 0.1).softmax(1).numpy()
+    expected = {5: 2 * first[0] + second[1], 6: 2 * first[1] + second[0], 7: 2 * first[2] + second[2]}
+    assert soft.index.tolist() == [5, 6, 7]
+    assert np.allclose([soft[w] for w in expected], list(expected.values()))
+    assert np.isclose(soft.sum(), 3.0)  # each image gives away exactly its activation
+
+
+def test_bad_voting_is_reported(tiny_store, mapper, space):
+    with pytest.raises(ValueError, match="voting must be one of"):
+        FilterExplainer(tiny_store, mapper, space, voting="borda")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        FilterExplainer(tiny_store, mapper, space, temperature=0)

@@ -12,10 +12,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 COMMON = ["model", "layer", "n_images", "seed", "word_space", "output_dir", "interactive", "show_progress",
           "store_root"]
 DOCUMENTED = {
-    "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction", "calibrate",
-                                          "calibration_vocabulary"],
-    "02_explain_filters.ipynb": COMMON + ["vocabulary", "method", "attention", "p", "s", "top_words", "n_cards",
-                                          "query", "recall_k", "compare", "calibrated", "hubness"],
+    "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction", "calibrate", "p",
+                                          "calibration_vocabulary", "weak_labels", "class_prior"],
+    "02_explain_filters.ipynb": COMMON + ["vocabulary", "method", "attention", "p", "s", "voting", "top_words",
+                                          "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
+                                          "class_prior"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -42,7 +43,7 @@ def test_parameters_are_documented_literals(name):
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    first = _run("01_train_explainer.ipynb", out, output_dir=str(out), max_epochs=2, **SMALL)
+    first = _run("01_train_explainer.ipynb", out, output_dir=str(out), max_epochs=2, p=5, **SMALL)
     second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
                   query="car", **SMALL)
     return out, first, second
@@ -65,8 +66,9 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     assert list(gamma.columns) == ["gamma", "words", "seen", "unseen", "H", "level", "k"]
     assert gamma["H"].between(0, 1).all() and len(gamma) == 2 * 26 and set(gamma["words"]) == {"image", "filter"}
     settings = json.loads((train / "settings.json").read_text())
-    assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15"
+    assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15" and settings["class_prior"]
     checkpoint = torch.load(train / "mapper.pt", weights_only=True)
+    assert checkpoint["prior"]["source"] == "region" and checkpoint["prior"]["top"] == 10
     assert settings["word_space"] == "glove-6b-50d+minilm"
     assert checkpoint["space_id"].startswith("glove-6b-50d+minilm-434d-") and checkpoint["dim"] == 50 + 384
     cells = json.loads(executed.read_text())["cells"]
@@ -101,14 +103,17 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     cells = json.loads(executed.read_text())["cells"]
     pictures = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
     assert pictures >= 3 + 1 + 1  # static browser cards, look-up bars, recall bars
+    printed = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+    assert "class prior: ClassPrior(efficientnet-lite0, source='region', top=10" in printed
+    assert "run GammaCalibration" not in printed  # the gamma of notebook 01 was tuned with the same prior
 
 
 @pytest.mark.notebook
 def test_notebooks_train_and_explain_in_glove_alone(tmp_path):
     glove = dict(SMALL, word_space="glove-6b-50d", output_dir=str(tmp_path))
-    _run("01_train_explainer.ipynb", tmp_path, max_epochs=2, calibrate=False, **glove)
+    _run("01_train_explainer.ipynb", tmp_path, max_epochs=2, calibrate=False, class_prior=False, **glove)
     _run("02_explain_filters.ipynb", tmp_path, vocabulary="concepts", compare=False, p=5, s=3, top_words=5,
-         n_cards=1, query="car", **glove)
+         n_cards=1, query="car", class_prior=False, voting="top_s", **glove)
     checkpoint = torch.load(tmp_path / "train" / "mapper.pt", weights_only=True)
     assert checkpoint["space_id"].startswith("glove-6b-50d-50d-") and checkpoint["dim"] == 50
     table = pd.read_csv(tmp_path / "explain" / "explanations.csv").dropna(subset=["word"])

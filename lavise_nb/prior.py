@@ -1,0 +1,240 @@
+"""The target model's own classifier as a word prior for its filters' regions (ConSE).
+
+For each (filter, image) pair, the image is cropped around the region where the filter
+fires, the target model classifies the crop, and the word vectors of its ``top`` classes,
+weighted by their probabilities, make a unit vector (ConSE: Norouzi et al., ICLR 2014).
+:class:`~lavise_nb.explain.FilterExplainer` adds ``weight`` times this vector to each
+pair's explanation vector before ranking words. The class names are not the annotated
+concepts, so the prior helps seen, unseen and open-vocabulary words alike.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._cache import cache_dir
+from ._progress import progress
+from .probe import resolve_device
+
+__all__ = ["ClassPrior"]
+
+SOURCES = ("region", "image")
+STORED_CLASSES = 20
+
+
+class ClassPrior:
+    """Word prior from the target model's predictions for each filter's region.
+
+    Parameters
+    ----------
+    model : TargetModel
+        A classifier whose outputs are ``class_names``, in order (the store's model, as a rule).
+    dataset : torch.utils.data.Dataset
+        The store's dataset (sample contract of :mod:`lavise_nb.datasets`).
+    space : WordSpace
+        The explainer's word space; class names it cannot embed are reported and their
+        probability is dropped.
+    top : int, optional
+        Classes per pair (ConSE's T), at most 20 and the number of classes; default
+        10 (or every class when there are fewer).
+    weight : float
+        How much of the prior vector is added to a pair's explanation vector (both unit length).
+    source : {"region", "image"}
+        "region": crop the image around the filter's thresholded, upsampled activation
+        region (plus ``context``); "image": classify the whole image.
+    class_names : list of str, optional
+        Default: ImageNet-1k's 1000 class names.
+    context : float
+        Margin around the region's box, as a share of its side.
+    min_side : int
+        Boxes grow to at least this many pixels a side.
+    batch_size : int
+    device : str, optional
+        None or "auto": cuda when available.
+    show_progress : bool
+
+    Notes
+    -----
+    Predictions are cached per (filter, image) pair beside the store (``<store>/priors/``)
+    and written as they are computed, so an interrupted run resumes where it stopped.
+
+    Examples
+    --------
+    >>> prior = ClassPrior(model, dataset, space)                           # doctest: +SKIP
+    >>> FilterExplainer(store, mapper, space, prior=prior).explain()       # doctest: +SKIP
+    """
+
+    def __init__(self, model, dataset, space, *, top: int | None = None, weight: float = 1.0, source: str = "region",
+                 class_names=None, context: float = 0.15, min_side: int = 16, batch_size: int = 64,
+                 device=None, show_progress: bool = True):
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, not {weight}")
+        from .mapper import imagenet_classes
+
+        self.class_names = imagenet_classes() if class_names is None else list(class_names)
+        self.stored = min(STORED_CLASSES, len(self.class_names))
+        top = min(10, self.stored) if top is None else top
+        if not 1 <= top <= self.stored:
+            raise ValueError(f"top must be between 1 and {self.stored} (at most {STORED_CLASSES} and the number of "
+                             f"classes), not {top}")
+        self.model, self.dataset, self.space = model, dataset, space
+        self.top, self.weight, self.source = int(top), float(weight), source
+        self.context, self.min_side = float(context), int(min_side)
+        self.batch_size, self.device, self.show_progress = batch_size, resolve_device(device), show_progress
+        self._class_vectors = None
+
+    def __repr__(self) -> str:
+        return (f"ClassPrior({self.model.name}, source={self.source!r}, top={self.top}, weight={self.weight}, "
+                f"{len(self.class_names)} classes)")
+
+    @property
+    def settings(self) -> dict:
+        """What the prior's scores depend on (a calibrated gamma holds only for the same settings)."""
+        return dict(model=self.model.fingerprint, source=self.source, top=self.top, weight=self.weight,
+                    classes=len(self.class_names), context=self.context, min_side=self.min_side)
+
+    def class_vectors(self) -> torch.Tensor:
+        """Unit word vectors of the class names, (n_classes, dim); zero rows for names the space lacks."""
+        if self._class_vectors is None:
+            embedding = self.space.embed(self.class_names, missing="skip")
+            row = {name: i for i, name in enumerate(embedding.names)}
+            vectors = torch.zeros(len(self.class_names), embedding.vectors.shape[1])
+            known = [j for j, name in enumerate(self.class_names) if name in row]
+            vectors[known] = torch.from_numpy(np.asarray(
+                embedding.vectors[[row[self.class_names[j]] for j in known]], dtype=np.float32))
+            self._class_vectors = vectors
+        return self._class_vectors
+
+    def vectors(self, store, pairs: pd.DataFrame) -> torch.Tensor:
+        """Each pair's prior vector: the probability-weighted mean of its top classes' vectors.
+
+        Parameters
+        ----------
+        store : ActivationStore
+        pairs : pandas.DataFrame
+            P rows with columns ``filter`` and ``image``.
+
+        Returns
+        -------
+        torch.Tensor
+            (P, dim) unit vectors (zero where no class could be embedded).
+        """
+        table = self.predictions(store, pairs)
+        classes = np.array(table["class"], dtype=np.int64).reshape(len(pairs), self.top)
+        probabilities = torch.from_numpy(np.array(table["probability"], dtype=np.float32).reshape(len(pairs), self.top))
+        mixed = (probabilities[:, :, None] * self.class_vectors()[torch.from_numpy(classes)]).sum(1)
+        return mixed / mixed.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def predictions(self, store, pairs: pd.DataFrame) -> pd.DataFrame:
+        """The model's ``top`` classes for each pair's region, computed once and cached.
+
+        Returns
+        -------
+        pandas.DataFrame
+            P * top rows in ``pairs`` order: ``filter, image, rank`` (1 = best), ``class``
+            (index into :attr:`class_names`), ``label``, ``probability``.
+        """
+        wanted = pairs[["filter", "image"]].astype(np.int64).reset_index(drop=True)
+        path = self._cache_file(store)
+        cached = pd.read_parquet(path) if path.is_file() else _empty()
+        done = pd.MultiIndex.from_frame(cached[["filter", "image"]].drop_duplicates())
+        todo = wanted[~pd.MultiIndex.from_frame(wanted).isin(done)].drop_duplicates()
+        if len(todo):
+            cached = self._compute(store, todo, cached, path)
+        table = cached[cached["rank"] <= self.top].set_index(["filter", "image", "rank"])
+        index = pd.MultiIndex.from_arrays([np.repeat(wanted["filter"].to_numpy(), self.top),
+                                           np.repeat(wanted["image"].to_numpy(), self.top),
+                                           np.tile(np.arange(1, self.top + 1), len(wanted))],
+                                          names=["filter", "image", "rank"])
+        out = table.reindex(index).reset_index()
+        out["label"] = np.asarray(self.class_names, dtype=object)[out["class"].to_numpy()]
+        return out[["filter", "image", "rank", "class", "label", "probability"]]
+
+    def _cache_file(self, store) -> Path:
+        key = dict(self.settings, store=str(Path(store.path).resolve()), layer=store.layer)
+        for unused in ("top", "weight"):
+            key.pop(unused)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        folder = Path(store.path) / "priors"
+        try:
+            folder.mkdir(exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(folder)
+        except OSError:
+            folder = cache_dir("priors")
+        return folder / f"{digest}.parquet"
+
+    def _compute(self, store, todo: pd.DataFrame, cached: pd.DataFrame, path: Path) -> pd.DataFrame:
+        from .evaluate import _regions
+        from .mapper import _crop
+
+        model = self.model
+        model.to(self.device)
+        size = store.image_size
+        parts, crops, keys = [cached], [], []
+
+        def flush():
+            with torch.no_grad():
+                logits = model.module(torch.stack(crops).to(self.device)).float()
+            if logits.shape[-1] != len(self.class_names):
+                raise ValueError(f"the model has {logits.shape[-1]} outputs but {len(self.class_names)} class names "
+                                 "were given: pass class_names= in the model's output order")
+            probabilities, classes = logits.softmax(-1).topk(self.stored, dim=1)
+            parts.append(pd.DataFrame({
+                "filter": np.repeat([f for f, _ in keys], self.stored),
+                "image": np.repeat([i for _, i in keys], self.stored),
+                "rank": np.tile(np.arange(1, self.stored + 1), len(keys)),
+                "class": classes.cpu().numpy().reshape(-1),
+                "probability": probabilities.cpu().numpy().reshape(-1).astype(np.float32),
+            }))
+            crops.clear()
+            keys.clear()
+
+        todo = todo.sort_values(["image", "filter"])
+        batches = range(0, len(todo), self.batch_size)
+        for n, start in enumerate(progress(batches, enabled=self.show_progress, desc="class prior")):
+            part = todo.iloc[start:start + self.batch_size]
+            images, filters = part["image"].to_numpy(), part["filter"].to_numpy()
+            regions = _regions(store, images, filters, size) if self.source == "region" else None
+            pictures = {}
+            for row, (image, f) in enumerate(zip(images, filters)):
+                picture = pictures.get(image)
+                if picture is None:
+                    picture = pictures[image] = self.dataset[int(image)]["image"]
+                crop = picture
+                if regions is not None:
+                    ys, xs = torch.nonzero(regions[row].view(size, size), as_tuple=True)
+                    if len(ys):
+                        crop = _crop(picture, ys, xs, self.context, self.min_side, size)
+                if crop.shape[-2:] != (size, size):
+                    crop = torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear",
+                                                           align_corners=False)[0]
+                crops.append(crop)
+                keys.append((int(f), int(image)))
+            flush()
+            if (n + 1) % 20 == 0:  # resumable: write what is done so far
+                _write(pd.concat(parts, ignore_index=True), path)
+        table = pd.concat(parts, ignore_index=True)
+        _write(table, path)
+        return table
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({"filter": pd.Series(dtype=np.int64), "image": pd.Series(dtype=np.int64),
+                         "rank": pd.Series(dtype=np.int64), "class": pd.Series(dtype=np.int64),
+                         "probability": pd.Series(dtype=np.float32)})
+
+
+def _write(table: pd.DataFrame, path: Path) -> None:
+    """Replace the cache file atomically, so a crash never leaves half a table."""
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    table.to_parquet(partial, index=False)
+    os.replace(partial, path)

@@ -1,0 +1,127 @@
+"""ClassPrior: the target model's own predictions for a filter's region, as a word prior."""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lavise_nb.calibration import GammaCalibration
+from lavise_nb.explain import FilterExplainer
+from lavise_nb.mapper import Mapper
+from lavise_nb.prior import ClassPrior
+from lavise_nb.probe import wrap_model
+from tests.conftest import COLOUR_FILTERS, planted_net
+
+COLOURS = list(COLOUR_FILTERS)
+
+
+class ColourClassifier(nn.Module):
+    """Logit of colour c = 20 x the share of pixels the planted detector of c fires on."""
+
+    def __init__(self):
+        super().__init__()
+        self.detect = planted_net().features[0]
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return 20 * (self.detect(x)[:, :len(COLOURS)] > 0).float().mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def classifier(shapes):
+    return wrap_model(ColourClassifier(), shapes.preprocess, "colours")
+
+
+def red_pairs(explainer):
+    pairs = explainer.pairs()
+    return pairs[pairs["filter"] == COLOUR_FILTERS["red"]].reset_index(drop=True)
+
+
+def test_region_prior_names_the_colour_the_filter_fires_on(tiny_store, mapper, space, shapes, classifier):
+    pairs = red_pairs(FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False))
+    region = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, show_progress=False)
+    whole = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, source="image",
+                       show_progress=False)
+    top_region = region.predictions(tiny_store, pairs).query("rank == 1")
+    top_image = whole.predictions(tiny_store, pairs).query("rank == 1")
+    assert list(top_region.columns) == ["filter", "image", "rank", "class", "label", "probability"]
+    assert (top_region[["filter", "image"]].to_numpy() == pairs[["filter", "image"]].to_numpy()).all()
+    region_hits, image_hits = (top_region["label"] == "red").mean(), (top_image["label"] == "red").mean()
+    assert region_hits >= 0.95 and region_hits > image_hits + 0.1  # other shapes in the image mislead
+
+    vectors = region.vectors(tiny_store, pairs)
+    assert vectors.shape == (len(pairs), space.dim)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(len(pairs)), atol=1e-5)
+    colour_vectors = torch.from_numpy(np.asarray(space.embed(COLOURS).vectors, dtype=np.float32))
+    nearest = (vectors @ colour_vectors.T).argmax(1)
+    assert (nearest == COLOURS.index("red")).float().mean() >= 0.9
+
+
+def test_predictions_are_cached_and_resume(tiny_store, mapper, space, shapes, classifier, tmp_path):
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False).pairs()
+    store = copy.copy(tiny_store)
+    store.path = tmp_path / "store"  # a fresh cache beside a copy of the store
+    store.path.mkdir()
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, batch_size=8, show_progress=False)
+    first = pairs.iloc[:20]
+    before = classifier.module.calls
+    part = prior.predictions(store, first)
+    assert classifier.module.calls - before == 3  # 20 pairs in batches of 8
+    full = prior.predictions(store, pairs)  # only the pairs not cached yet are classified
+    assert classifier.module.calls - before == 3 + int(np.ceil((len(pairs) - 20) / 8))
+    assert part.equals(full.iloc[:len(part)].reset_index(drop=True))
+    calls = classifier.module.calls
+    again = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False).predictions(store, pairs)
+    assert classifier.module.calls == calls and again.equals(full)
+    assert not list((store.path / "priors").glob("*.partial"))
+
+
+def test_a_strong_prior_moves_the_filters_words(tiny_store, mapper, space, shapes, classifier):
+    scrambled = copy.deepcopy(mapper)  # a head that knows nothing: its words alone are wrong
+    torch.manual_seed(0)
+    for parameter in scrambled.head.parameters():
+        parameter.data.normal_()
+    filters = [COLOUR_FILTERS[c] for c in ("red", "green", "blue")]
+
+    def firsts(weight):
+        prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, weight=weight, show_progress=False)
+        explained = FilterExplainer(tiny_store, scrambled, space, "concepts", calibrated=False,
+                                    prior=prior).explain(filters)
+        return explained[explained["rank"] == 1]["word"].tolist()
+
+    assert firsts(0.0) != ["red", "green", "blue"]
+    assert firsts(10.0) == ["red", "green", "blue"]
+
+
+def test_calibration_records_its_prior_and_explainers_check_it(tiny_store, mapper, space, shapes, classifier,
+                                                               tmp_path):
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False)
+    tuned = copy.copy(mapper)
+    GammaCalibration(tiny_store, space, tuned, gammas=[0.0, 0.1, 0.2], p=6, prior=prior).fit()
+    assert tuned.prior == prior.settings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FilterExplainer(tiny_store, tuned, space, "concepts", prior=prior)
+    with pytest.warns(UserWarning, match="tuned with .* class prior"):
+        FilterExplainer(tiny_store, tuned, space, "concepts")
+    with pytest.warns(UserWarning, match="tuned without a class prior"):
+        FilterExplainer(tiny_store, mapper, space, "concepts", prior=prior)
+    loaded = Mapper.load(tuned.save(tmp_path / "mapper.pt"), tiny_store, space)
+    assert loaded.prior == prior.settings
+    with pytest.raises(ValueError, match="level='filter'"):
+        GammaCalibration(tiny_store, space, tuned, level="mask", prior=prior)
+
+
+def test_bad_settings_are_reported(tiny_store, mapper, space, shapes, classifier):
+    with pytest.raises(ValueError, match="source must be one of"):
+        ClassPrior(classifier, shapes, space, class_names=COLOURS, source="crop")
+    with pytest.raises(ValueError, match="top must be between 1 and 4"):
+        ClassPrior(classifier, shapes, space, class_names=COLOURS, top=50)
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False).pairs().iloc[:4]
+    wrong = ClassPrior(classifier, shapes, space, class_names=COLOURS + ["purple"], show_progress=False)
+    store = copy.copy(tiny_store)
+    with pytest.raises(ValueError, match="4 outputs but 5 class names"):
+        wrong.predictions(store, pairs)
