@@ -125,7 +125,8 @@ class FilterExplainer:
         self.prior = prior
         if calibrated is True:
             tuned_with = getattr(mapper, "prior", None)
-            if (tuned_with or None) != (None if prior is None else prior.settings):
+            calibrated_before = len(getattr(mapper, "gamma_table", ())) > 0
+            if calibrated_before and (tuned_with or None) != (None if prior is None else prior.settings):
                 warnings.warn(f"the mapper's gamma was tuned {'with ' + str(tuned_with) if tuned_with else 'without'}"
                               f" a class prior, but this explainer uses {prior.settings if prior else 'none'}: "
                               "run GammaCalibration(..., prior=...) with this explainer's prior", stacklevel=2)

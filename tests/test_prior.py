@@ -107,7 +107,12 @@ def test_calibration_records_its_prior_and_explainers_check_it(tiny_store, mappe
         FilterExplainer(tiny_store, tuned, space, "concepts", prior=prior)
     with pytest.warns(UserWarning, match="tuned with .* class prior"):
         FilterExplainer(tiny_store, tuned, space, "concepts")
+    plain = copy.copy(mapper)
+    GammaCalibration(tiny_store, space, plain, gammas=[0.0, 0.1, 0.2], p=6).fit()
     with pytest.warns(UserWarning, match="tuned without a class prior"):
+        FilterExplainer(tiny_store, plain, space, "concepts", prior=prior)
+    with warnings.catch_warnings():  # a mapper never calibrated has no gamma to mismatch
+        warnings.simplefilter("error")
         FilterExplainer(tiny_store, mapper, space, "concepts", prior=prior)
     loaded = Mapper.load(tuned.save(tmp_path / "mapper.pt"), tiny_store, space)
     assert loaded.prior == prior.settings
