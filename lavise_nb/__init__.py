@@ -31,9 +31,9 @@ from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_wor
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationStore", "ClassPrior", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison",
-    "ImageFolderDataset", "LayerProbe", "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel",
-    "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
-    "hybrid_space", "load_model", "load_word_space", "network_dissection", "null_groups", "planted_groups",
-    "recalibrate_batchnorm", "stamp_scenes", "wrap_model",
+    "ActivationStore", "ClassPrior", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "GammaCalibration",
+    "GroupComparison", "ImageFolderDataset", "LayerProbe", "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld",
+    "TargetModel", "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces",
+    "frequency_baseline", "hybrid_space", "load_model", "load_word_space", "network_dissection", "null_groups",
+    "planted_groups", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",
 ]

@@ -71,8 +71,9 @@ class GammaCalibration:
 
     def __init__(self, store, space, mapper: Mapper, *, level: str = "filter", gammas=None,
                  inner_fraction: float = 0.7, k: int = 20, method: str = "attention", attention: str = "soft_mask",
-                 p: int = 25, s: int = 5, voting: str = "softmax", temperature: float = 0.1, vocabulary="concepts", hubness: str | None = None, weak_labels=None,
-                 weak_weight: float = 0.5, prior=None, seed: int = 0, show_progress: bool = False):
+                 p: int = 25, s: int = 5, voting: str = "softmax", temperature: float = 0.1, vocabulary="concepts",
+                 hubness: str | None = None, weak_labels=None, weak_weight: float = 0.5, prior=None, seed: int = 0,
+                 show_progress: bool = False):
         if level not in ("filter", "mask"):
             raise ValueError(f"level must be 'filter' or 'mask', not {level!r}")
         if prior is not None and level == "mask":

@@ -124,9 +124,8 @@ class FilterExplainer:
         self.show_progress = show_progress
         self.prior = prior
         if calibrated is True:
-            tuned_with = getattr(mapper, "prior", None)
-            calibrated_before = len(getattr(mapper, "gamma_table", ())) > 0
-            if calibrated_before and (tuned_with or None) != (None if prior is None else prior.settings):
+            tuned_with = mapper.prior
+            if len(mapper.gamma_table) and tuned_with != (None if prior is None else prior.settings):
                 warnings.warn(f"the mapper's gamma was tuned {'with ' + str(tuned_with) if tuned_with else 'without'}"
                               f" a class prior, but this explainer uses {prior.settings if prior else 'none'}: "
                               "run GammaCalibration(..., prior=...) with this explainer's prior", stacklevel=2)

@@ -25,6 +25,7 @@ from .probe import resolve_device
 __all__ = ["ClassPrior"]
 
 SOURCES = ("region", "image")
+WHOLE_IMAGE = -1  # the cache's filter key for source="image": one prediction per image
 STORED_CLASSES = 20
 
 
@@ -143,18 +144,20 @@ class ClassPrior:
             (index into :attr:`class_names`), ``label``, ``probability``.
         """
         wanted = pairs[["filter", "image"]].astype(np.int64).reset_index(drop=True)
+        keys = wanted.assign(filter=WHOLE_IMAGE) if self.source == "image" else wanted  # one crop per image
         path = self._cache_file(store)
         cached = pd.read_parquet(path) if path.is_file() else _empty()
         done = pd.MultiIndex.from_frame(cached[["filter", "image"]].drop_duplicates())
-        todo = wanted[~pd.MultiIndex.from_frame(wanted).isin(done)].drop_duplicates()
+        todo = keys[~pd.MultiIndex.from_frame(keys).isin(done)].drop_duplicates()
         if len(todo):
             cached = self._compute(store, todo, cached, path)
         table = cached[cached["rank"] <= self.top].set_index(["filter", "image", "rank"])
-        index = pd.MultiIndex.from_arrays([np.repeat(wanted["filter"].to_numpy(), self.top),
-                                           np.repeat(wanted["image"].to_numpy(), self.top),
-                                           np.tile(np.arange(1, self.top + 1), len(wanted))],
+        index = pd.MultiIndex.from_arrays([np.repeat(keys["filter"].to_numpy(), self.top),
+                                           np.repeat(keys["image"].to_numpy(), self.top),
+                                           np.tile(np.arange(1, self.top + 1), len(keys))],
                                           names=["filter", "image", "rank"])
         out = table.reindex(index).reset_index()
+        out["filter"] = np.repeat(wanted["filter"].to_numpy(), self.top)
         out["label"] = np.asarray(self.class_names, dtype=object)[out["class"].to_numpy()]
         return out[["filter", "image", "rank", "class", "label", "probability"]]
 
@@ -209,14 +212,11 @@ class ClassPrior:
                 picture = pictures.get(image)
                 if picture is None:
                     picture = pictures[image] = self.dataset[int(image)]["image"]
-                crop = picture
+                crop = picture  # already size x size: the store was built from this dataset
                 if regions is not None:
                     ys, xs = torch.nonzero(regions[row].view(size, size), as_tuple=True)
                     if len(ys):
                         crop = _crop(picture, ys, xs, self.context, self.min_side, size)
-                if crop.shape[-2:] != (size, size):
-                    crop = torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear",
-                                                           align_corners=False)[0]
                 crops.append(crop)
                 keys.append((int(f), int(image)))
             flush()

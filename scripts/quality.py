@@ -66,14 +66,10 @@ def baseline_rows(store, mapper, space, vocabulary, model_name: str) -> pd.DataF
 
 
 def glove_minilm(space, nouns, concepts, template="{}"):
-    """GloVe concatenated with MiniLM over the words the experiments need (None without the extra)."""
+    """GloVe concatenated with MiniLM over the words the experiments need (the notebooks' recipe)."""
     from lavise_nb.words import hybrid_space
 
-    try:
-        return hybrid_space([*nouns.words, *concepts, *imagenet_classes()], space, template=template)
-    except ImportError as error:
-        print(f"skipping the GloVe+MiniLM rows: {error}")
-        return None
+    return hybrid_space([*nouns.words, *concepts, *imagenet_classes()], space, template=template)
 
 
 def headline(recall: pd.DataFrame, k: int = 20) -> pd.DataFrame:
@@ -212,33 +208,32 @@ def main() -> None:
         run(default_store, "open_vocabulary_region_labels", model, methods=DEFAULT_METHODS, vocabulary=nouns,
             baselines=False, weak_labels=regions, weak_weight=0.25)
         combined = glove_minilm(space, nouns, default_store.concepts)
-        if combined is not None:
-            combined_nouns = Vocabulary.from_words(combined, list(nouns.words), missing="skip", name=nouns.name)
-            for name, weak in (("glove_minilm", None), ("glove_minilm_weak_labels", labels)):
-                for candidates in ("concepts", combined_nouns):
-                    run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates, baselines=False,
-                        weak_labels=weak, word_space=combined)
-            prompted = glove_minilm(space, nouns, default_store.concepts, template="a photo of a {}.")
-            prompted_nouns = Vocabulary.from_words(prompted, list(nouns.words), missing="skip", name=nouns.name)
-            run(default_store, "glove_minilm_prompt_weak_labels", model, methods=DEFAULT_METHODS,
-                vocabulary=prompted_nouns, baselines=False, weak_labels=labels, word_space=prompted)
-            combined_prior = ClassPrior(model, dataset, combined, device=args.device)
-            run(default_store, "glove_minilm_weak_labels_top_s5", model, methods=DEFAULT_METHODS,
-                calibrations=(True,), baselines=False, weak_labels=labels, word_space=combined, voting="top_s")
-            for seed in [args.seed, *args.split_seeds]:  # the notebooks' default: + the model's own class prior
-                for candidates in ("concepts", combined_nouns):
-                    name = "glove_minilm_weak_labels_prior" + (f"_seed{seed}" if seed != args.seed else "")
-                    run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates,
-                        calibrations=(True,), baselines=False, weak_labels=labels, word_space=combined, seed=seed,
-                        prior=combined_prior)
-            for seed in args.split_seeds:  # the space without the prior, and the prompt idea, on other splits
-                for candidates in ("concepts", combined_nouns):
-                    run(default_store, f"glove_minilm_weak_labels_seed{seed}", model, methods=DEFAULT_METHODS,
-                        vocabulary=candidates, calibrations=(True,), baselines=False, weak_labels=labels,
-                        word_space=combined, seed=seed)
-                run(default_store, f"glove_minilm_prompt_weak_labels_seed{seed}", model,
-                    methods=(("activation_masking", "paper"),), vocabulary=prompted_nouns, calibrations=(True,),
-                    baselines=False, weak_labels=labels, word_space=prompted, seed=seed)
+        combined_nouns = Vocabulary.from_words(combined, list(nouns.words), missing="skip", name=nouns.name)
+        for name, weak in (("glove_minilm", None), ("glove_minilm_weak_labels", labels)):
+            for candidates in ("concepts", combined_nouns):
+                run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates, baselines=False,
+                    weak_labels=weak, word_space=combined)
+        prompted = glove_minilm(space, nouns, default_store.concepts, template="a photo of a {}.")
+        prompted_nouns = Vocabulary.from_words(prompted, list(nouns.words), missing="skip", name=nouns.name)
+        run(default_store, "glove_minilm_prompt_weak_labels", model, methods=DEFAULT_METHODS,
+            vocabulary=prompted_nouns, baselines=False, weak_labels=labels, word_space=prompted)
+        combined_prior = ClassPrior(model, dataset, combined, device=args.device)
+        run(default_store, "glove_minilm_weak_labels_top_s5", model, methods=DEFAULT_METHODS,
+            calibrations=(True,), baselines=False, weak_labels=labels, word_space=combined, voting="top_s")
+        for seed in [args.seed, *args.split_seeds]:  # the notebooks' default: + the model's own class prior
+            for candidates in ("concepts", combined_nouns):
+                name = "glove_minilm_weak_labels_prior" + (f"_seed{seed}" if seed != args.seed else "")
+                run(default_store, name, model, methods=DEFAULT_METHODS, vocabulary=candidates,
+                    calibrations=(True,), baselines=False, weak_labels=labels, word_space=combined, seed=seed,
+                    prior=combined_prior)
+        for seed in args.split_seeds:  # the space without the prior, and the prompt idea, on other splits
+            for candidates in ("concepts", combined_nouns):
+                run(default_store, f"glove_minilm_weak_labels_seed{seed}", model, methods=DEFAULT_METHODS,
+                    vocabulary=candidates, calibrations=(True,), baselines=False, weak_labels=labels,
+                    word_space=combined, seed=seed)
+            run(default_store, f"glove_minilm_prompt_weak_labels_seed{seed}", model,
+                methods=(("activation_masking", "paper"),), vocabulary=prompted_nouns, calibrations=(True,),
+                baselines=False, weak_labels=labels, word_space=prompted, seed=seed)
 
     finish(out, args, started, results, gammas, default_words)
 

@@ -18,7 +18,8 @@ def test_recall_on_a_hand_made_case():
     assert table.loc[2, "recall"] == pytest.approx((1 / 2 + 0 + 1) / 3)
     assert table.loc[3, "recall"] == pytest.approx((1 / 2 + 1 + 1) / 3)
     assert (table["pairs"] == 3).all()
-    per_image = pd.DataFrame({"filter": [0, 0, 0], "image": [5, 6, 6], "rank": [1, 1, 2], "word": ["grass", "dog", "cat"]})
+    per_image = pd.DataFrame({"filter": [0, 0, 0], "image": [5, 6, 6], "rank": [1, 1, 2],
+                              "word": ["grass", "dog", "cat"]})
     by_image = recall(truth, per_image, ks=(1, 2), by=("filter", "image")).set_index("k")
     assert by_image.loc[1, "recall"] == pytest.approx((1 / 2 + 0 + 0) / 3)
     assert by_image.loc[2, "recall"] == pytest.approx((1 / 2 + 1 + 0) / 3)

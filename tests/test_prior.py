@@ -130,3 +130,18 @@ def test_bad_settings_are_reported(tiny_store, mapper, space, shapes, classifier
     store = copy.copy(tiny_store)
     with pytest.raises(ValueError, match="4 outputs but 5 class names"):
         wrong.predictions(store, pairs)
+
+
+def test_whole_image_source_classifies_each_image_once(tiny_store, mapper, space, shapes, classifier, tmp_path):
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False).pairs()
+    store = copy.copy(tiny_store)
+    store.path = tmp_path / "store"
+    store.path.mkdir()
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="image", batch_size=8,
+                       show_progress=False)
+    before = classifier.module.calls
+    table = prior.predictions(store, pairs)
+    assert classifier.module.calls - before == int(np.ceil(pairs["image"].nunique() / 8))
+    assert (table[["filter", "image"]].to_numpy()[::prior.top] == pairs[["filter", "image"]].to_numpy()).all()
+    by_image = table.groupby(["image", "rank"])["class"].nunique()
+    assert (by_image == 1).all()  # every filter of an image gets that image's prediction
