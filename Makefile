@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# glibc keeps large buffers for reuse (about 2x faster CPU forward passes, more peak memory): lavise_nb/_allocator.py
+# glibc keeps large buffers for reuse (about 2x faster CPU forward passes, more peak memory): lavise_nb/_utils/allocator.py
 FAST_MALLOC := LAVISE_NB_MALLOC=fast
 
 demo: $(STAMP)

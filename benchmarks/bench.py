@@ -23,7 +23,7 @@ What is measured (N = ``--n`` images, default 200):
 * scaling: store build and whole-layer explanation time at N, 2N and 4N images.
 * allocator_speedup: store build time of N images in a fresh process with glibc's default
   allocator thresholds (``LAVISE_NB_MALLOC=system``) / with the opt-in raised thresholds
-  (``LAVISE_NB_MALLOC=fast``, :mod:`lavise_nb._allocator`); allocator_memory: the same processes'
+  (``LAVISE_NB_MALLOC=fast``, :mod:`lavise_nb._utils.allocator`); allocator_memory: the same processes'
   build peak RSS, raised / default. Every other figure runs with the allocator as the
   environment leaves it (``make bench`` leaves glibc's defaults).
 """

@@ -553,7 +553,7 @@ def _planted_concepts(weights: dict) -> list[str]:
 
 
 def _group_folder(out_dir) -> Path:
-    from ._cache import cache_dir
+    from ._utils.cache import cache_dir
     return Path(out_dir) if out_dir is not None else cache_dir("bias")
 
 

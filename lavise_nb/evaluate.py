@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ._progress import progress
+from ._utils.progress import progress
 
 __all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection",
            "compare_methods", "RECALL_COLUMNS"]

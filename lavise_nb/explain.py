@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ._progress import progress
+from ._utils.progress import progress
 from .mapper import pool_features
 from .probe import LayerProbe, resolve_device
 

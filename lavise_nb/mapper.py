@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._progress import progress
+from ._utils.progress import progress
 from .probe import resolve_device
 
 __all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels",

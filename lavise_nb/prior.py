@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._cache import cache_dir
-from ._progress import progress
+from ._utils.cache import cache_dir
+from ._utils.progress import progress
 from .probe import resolve_device
 
 __all__ = ["ClassPrior"]

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ._allocator import keep_large_buffers
+from ._utils.allocator import keep_large_buffers
 from .transform import Preprocess
 
 __all__ = [

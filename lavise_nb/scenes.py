@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lavise_nb._cache import cache_dir
-from lavise_nb._progress import progress
+from ._utils.cache import cache_dir
+from ._utils.progress import progress
 
 __all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "stamp_table", "background_table"]
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 
-from ._cache import cache_dir
-from ._progress import progress
+from ._utils.cache import cache_dir
+from ._utils.progress import progress
 from .probe import LayerProbe, TargetModel, resolve_device
 
 __all__ = ["ActivationStore", "ConcatRows", "store_key"]

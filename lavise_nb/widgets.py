@@ -7,7 +7,7 @@ __all__ = ["training_monitor", "filter_browser", "lookup_widget", "TrainingMonit
 import numpy as np
 import pandas as pd
 
-from ._progress import progress
+from ._utils.progress import progress
 
 
 def _png(fig, dpi: int = 90):

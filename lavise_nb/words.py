@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from gensim.models import KeyedVectors
 
-from ._cache import cache_dir
-from ._progress import progress
+from ._utils.cache import cache_dir
+from ._utils.progress import progress
 
 __all__ = [
     "DEFAULT_SPACE",

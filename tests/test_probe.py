@@ -117,7 +117,7 @@ def test_recalibrate_batchnorm_restores_feature_scale():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator thresholds")
 @pytest.mark.parametrize("setting,expected", [("fast", "True True"), ("", "False False"), ("system", "False False")])
 def test_allocator_thresholds_are_raised_once_and_only_on_request(setting, expected):
-    code = "from lavise_nb._allocator import keep_large_buffers as k; print(k(), k())"
+    code = "from lavise_nb._utils.allocator import keep_large_buffers as k; print(k(), k())"
     env = {**os.environ, "LAVISE_NB_MALLOC": setting}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.split("\n")[0] == expected

@@ -1,0 +1,1 @@
+"""Internals the modules share: cache folders, progress bars, the allocator switch, Debian fetches (not public API)."""
