@@ -15,6 +15,7 @@ The public surface, one noun per module:
 - :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
 - :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
 """
+from ._utils.version import VERSION
 from .bias import GroupComparison, null_groups, planted_groups
 from .calibration import GammaCalibration
 from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
@@ -28,7 +29,7 @@ from .store import ActivationStore
 from .transform import Preprocess
 from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_word_space
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "ActivationStore", "ClassPrior", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "GammaCalibration",

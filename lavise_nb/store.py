@@ -42,11 +42,11 @@ from numpy.lib.format import open_memmap
 
 from ._utils.cache import cache_dir
 from ._utils.progress import progress
+from ._utils.version import VERSION
 from .probe import LayerProbe, TargetModel, resolve_device
 
 __all__ = ["ActivationStore", "ConcatRows", "store_key"]
 
-_VERSION = "0.1.0"
 _FORMAT = 1
 
 
@@ -793,7 +793,7 @@ class ActivationStore:
             "n_objects": int(len(objects)),
             "n_invalid": int((errors != "").sum()),
             "supercategories": dict(getattr(dataset, "supercategories", {}) or {}),
-            "package_version": _VERSION,
+            "package_version": VERSION,
         }
         if shard_info is not None:
             manifest["shard"] = shard_info
@@ -893,7 +893,7 @@ class ActivationStore:
             "n_objects": int(len(objects)),
             "n_invalid": int(sum(s.manifest["n_invalid"] for s in stores)),
             "supercategories": supercategories,
-            "package_version": _VERSION,
+            "package_version": VERSION,
             "shards": [relative(s.path) for s in stores],
             "shard_ranges": [[i["start"], i["stop"]] for i in infos],
         })
