@@ -53,6 +53,7 @@ from lavise_nb.datasets import collate_samples  # noqa: E402
 from lavise_nb.mapper import ExplainerHead, pool_features  # noqa: E402
 from lavise_nb.probe import LayerProbe, resolve_device  # noqa: E402
 from lavise_nb.store import _load_histogram, _histogram_quantiles  # noqa: E402
+from lavise_nb.config import ExplainSettings
 
 TARGETS = {
     "store_vs_forward": (">=", 0.9),
@@ -135,8 +136,7 @@ def reference_explain(model, data, store, explainer: FilterExplainer, filters, d
 
 def toolkit_explain(store, mapper, space, device) -> tuple[float, FilterExplainer]:
     with Timer(device) as timer:
-        explainer = FilterExplainer(store, mapper, space, vocabulary="concepts", method="attention", p=25, s=5,
-                                    device=device)
+        explainer = FilterExplainer(store, mapper, space, "concepts", ExplainSettings(method="attention", p=25, s=5), device=device)
         table = explainer.explain()
     assert table["filter"].nunique() == store.shape[1]
     return timer.seconds, explainer

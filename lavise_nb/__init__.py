@@ -7,20 +7,26 @@ The public surface, one noun per module:
   Visual Genome, image folders, ShapesWorld, the embedded StampScenes)
 - :mod:`~lavise_nb.words`: word spaces and vocabularies
 - :mod:`~lavise_nb.store`: ``ActivationStore``, cached activations on disk
+- :mod:`~lavise_nb.config`: the settings objects (``TrainingConfig``, ``ExplainSettings``,
+  ``CalibrationSettings``), frozen dataclasses changed with ``dataclasses.replace``
+- :mod:`~lavise_nb.regions`: a filter's region in an image (one rule for every module)
+- :mod:`~lavise_nb.labels`: the model's own predictions (ImageNet names, crops, weak labels)
 - :mod:`~lavise_nb.mapper`: ``ExplainerTrainer`` -> ``Mapper``
 - :mod:`~lavise_nb.explain`: ``FilterExplainer`` (one verb: ``explain``)
-- :mod:`~lavise_nb.calibration`: ``GammaCalibration`` (calibrated stacking for unseen words)
+- :mod:`~lavise_nb.calibration`: ``GammaCalibration`` -> ``Calibration`` (calibrated stacking)
 - :mod:`~lavise_nb.prior`: ``ClassPrior`` (the model's own predictions for a filter's region)
-- :mod:`~lavise_nb.evaluate`: recall@k against ground truth, with baselines
+- :mod:`~lavise_nb.evaluate`: recall@k against ground truth, ``MethodComparison`` with baselines
 - :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
 - :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
 """
 from ._utils.version import VERSION
 from .bias import GroupComparison, null_groups, planted_groups
-from .calibration import GammaCalibration
+from .calibration import Calibration, GammaCalibration
+from .config import CalibrationSettings, ExplainSettings, TrainingConfig
 from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
-from .evaluate import RecallEvaluator, frequency_baseline, network_dissection
+from .evaluate import MethodComparison, RecallEvaluator, frequency_baseline, network_dissection
 from .explain import FilterExplainer
+from .labels import imagenet_classes
 from .mapper import ExplainerTrainer, Mapper
 from .prior import ClassPrior
 from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, wrap_model
@@ -32,9 +38,10 @@ from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_wor
 __version__ = VERSION
 
 __all__ = [
-    "ActivationStore", "ClassPrior", "CocoDataset", "ExplainerTrainer", "FilterExplainer", "GammaCalibration",
-    "GroupComparison", "ImageFolderDataset", "LayerProbe", "Mapper", "Preprocess", "RecallEvaluator", "ShapesWorld",
-    "TargetModel", "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces",
-    "frequency_baseline", "hybrid_space", "load_model", "load_word_space", "network_dissection", "null_groups",
+    "ActivationStore", "Calibration", "CalibrationSettings", "ClassPrior", "CocoDataset", "ExplainSettings",
+    "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison", "ImageFolderDataset", "LayerProbe",
+    "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel", "TrainingConfig",
+    "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
+    "hybrid_space", "imagenet_classes", "load_model", "load_word_space", "network_dissection", "null_groups",
     "planted_groups", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",
 ]

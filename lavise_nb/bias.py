@@ -176,7 +176,7 @@ class GroupComparison:
         if self.filters.size == 0 or self.filters.min() < 0 or self.filters.max() >= n_filters:
             raise ValueError(f"filters must be indices in [0, {n_filters}); got {filters!r}")
         self.explanations = explanations
-        self._top_word, self._top_words = _words_by_filter(explanations, self.n_words)
+        self.first_word, self.filter_words = _words_by_filter(explanations, self.n_words)
         self.group_column = group_column if isinstance(group_column, str) else "group"
         self._resolve_groups(group_column, groups, imbalance_warning)
         self.result: pd.DataFrame | None = None
@@ -359,8 +359,8 @@ class GroupComparison:
             "q_value": np.repeat(q, n_g),
             "significant": np.repeat(np.nan_to_num(q, nan=1.0) < self.alpha, n_g),
             "rank": np.repeat(rank, n_g),
-            "top_word": [self._top_word.get(int(f), "") for f in np.repeat(filters, n_g)],
-            "top_words": [self._top_words.get(int(f), "") for f in np.repeat(filters, n_g)],
+            "top_word": [self.first_word.get(int(f), "") for f in np.repeat(filters, n_g)],
+            "top_words": [self.filter_words.get(int(f), "") for f in np.repeat(filters, n_g)],
             "reason": np.repeat(reason, n_g),
         })
         table = table.sort_values(["rank", "group"], key=lambda c: c if c.name == "rank" else
@@ -493,8 +493,8 @@ class GroupComparison:
         table.insert(0, "layer", self.store.layer)
         table = table.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
         table["rank"] = table.groupby("group").cumcount() + 1
-        table["top_word"] = [self._top_word.get(int(f), "") for f in table["filter"]]
-        table["top_words"] = [self._top_words.get(int(f), "") for f in table["filter"]]
+        table["top_word"] = [self.first_word.get(int(f), "") for f in table["filter"]]
+        table["top_words"] = [self.filter_words.get(int(f), "") for f in table["filter"]]
         if top is not None:
             table = table[table["rank"] <= top].reset_index(drop=True)
         table.attrs.update(summary)

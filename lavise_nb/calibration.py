@@ -10,13 +10,17 @@ names and masks are read, so the real unseen concepts cannot leak into gamma.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field, fields
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .mapper import ExplainerTrainer, Mapper
+from .config import CalibrationSettings, ExplainSettings
+from .mapper import ExplainerTrainer, Mapper, pair_table, plain, pooled_pairs
 
-__all__ = ["GammaCalibration", "harmonic_mean"]
+__all__ = ["GammaCalibration", "Calibration", "harmonic_mean", "vocabulary_name", "recall_at"]
 
 
 def harmonic_mean(seen, unseen):
@@ -26,6 +30,90 @@ def harmonic_mean(seen, unseen):
     return np.where(total > 0, 2 * seen * unseen / np.where(total > 0, total, 1), 0.0)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibration chose, and what it holds for; attach with :meth:`Mapper.calibrated`.
+
+    Attributes
+    ----------
+    gamma : float
+        Offset subtracted from seen-concept scores of each image's words (or masks).
+    filter_gamma : float or None
+        Offset for a filter's vote-ranked words (None: use ``gamma``).
+    table : pandas.DataFrame
+        The curves it was chosen from (:meth:`GammaCalibration.table`).
+    level : str
+    k : int
+    layer : str or None
+    settings : dict or None
+        :meth:`ExplainSettings.scoring` of the explanations it was tuned under (None: unknown,
+        a checkpoint from before this record).
+    prior : dict or None
+        ``ClassPrior.settings`` of the class prior it was tuned with (None: none).
+    vocabulary : str or None
+        The candidate words it was tuned for (``"concepts"`` or a vocabulary's name).
+    """
+
+    gamma: float
+    filter_gamma: float | None
+    table: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False)
+    level: str = "filter"
+    k: int = 20
+    layer: str | None = None
+    settings: dict | None = None
+    prior: dict | None = None
+    vocabulary: str | None = None
+
+    @property
+    def gammas(self) -> tuple[float, float]:
+        """(image-word gamma, filter-word gamma)."""
+        return self.gamma, self.gamma if self.filter_gamma is None else self.filter_gamma
+
+    def mismatch(self, settings: ExplainSettings, prior, vocabulary: str | None) -> list[str]:
+        """How an explainer's settings differ from the ones this record was tuned under, in words."""
+        problems = []
+        if self.settings is not None:
+            changed = {k: (v, getattr(settings, k)) for k, v in self.settings.items() if getattr(settings, k) != v}
+            problems += [f"{k}={new!r} (tuned with {old!r})" for k, (old, new) in changed.items()]
+        used = None if prior is None else prior.settings
+        if self.level == "filter" and used != self.prior:
+            problems.append(f"class prior {used or 'none'} (tuned with {self.prior or 'none'})")
+        if self.vocabulary is not None and vocabulary is not None and vocabulary != self.vocabulary:
+            problems.append(f"vocabulary {vocabulary!r} (tuned for {self.vocabulary!r})")
+        return problems
+
+    def to_dict(self) -> dict:
+        """Plain values, as saved in a mapper checkpoint."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "table"}
+        out["table"] = self.table.to_dict(orient="list")
+        return plain(out)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Calibration":
+        """The inverse of :meth:`to_dict`."""
+        values = dict(values)
+        return cls(table=pd.DataFrame(values.pop("table", {})), **values)
+
+    @classmethod
+    def from_legacy(cls, payload: dict, layer: str) -> "Calibration | None":
+        """The record of a checkpoint that stored ``gamma``, ``filter_gamma``, ``gamma_table`` and ``prior`` loose."""
+        table = pd.DataFrame(payload.get("gamma_table") or {})
+        if not len(table) and not payload.get("gamma"):
+            return None
+        return cls(float(payload.get("gamma", 0.0)), payload.get("filter_gamma"), table,
+                   str(table["level"].iloc[0]) if "level" in table and len(table) else "filter",
+                   int(table["k"].iloc[0]) if "k" in table and len(table) else 20, layer, None, payload.get("prior"))
+
+
+def vocabulary_name(vocabulary) -> str:
+    """A short name for candidate words: ``"concepts"``, ``"default"``, a vocabulary's name or ``"custom"``."""
+    if vocabulary is None:
+        return "default"
+    if isinstance(vocabulary, str):
+        return vocabulary
+    return getattr(vocabulary, "name", None) or "custom"
+
+
 class GammaCalibration:
     """Choose the calibrated-stacking gamma of a trained mapper on an inner split.
 
@@ -33,67 +121,53 @@ class GammaCalibration:
     ----------
     store : ActivationStore
         The reference store the mapper was trained on.
-    space : WordSpace
     mapper : Mapper
-        The trained mapper; its ``seen`` concepts are split again.
-    level : {"filter", "mask"}
-        ``"filter"``: tune two offsets on filter explanations (object ground
-        truth): ``gamma`` maximises H of recall@k of each top image's own words,
-        ``filter_gamma`` H of recall@k of the filter's vote-ranked words (votes
-        pile up on seen words, so it is usually smaller). ``"mask"``: maximise H of
-        top-k accuracy of masks. Tune at the level you report: a mask-level gamma
-        overshoots for filters.
-    gammas : sequence of float, optional
-        Candidates (default 0 to 0.5 in steps of 0.01).
-    inner_fraction : float
-        Share of the seen concepts kept as pseudo-seen.
-    k : int
-        Recall@k (filter level) or top-k accuracy (mask level) used for H.
-    method, attention, p, s, voting, temperature, hubness : explanation settings for the filter level.
+        The trained mapper; its ``seen`` concepts are split again. It is not changed.
+    space : WordSpace
+    settings : ExplainSettings, optional
+        The explanation settings the gamma is tuned under (filter level); pass the
+        ones the explainer will use. The record carries them, and an explainer with
+        other settings warns.
+    calibration : CalibrationSettings, optional
+        Level, candidate gammas, inner split, k and seed.
     vocabulary : "concepts" or Vocabulary or list of str
         Candidate words at the filter level: tune gamma with the candidates you
         will explain with (an open vocabulary needs its own gamma).
     weak_labels : pandas.DataFrame, optional
-        The weak labels the mapper was trained with (``ExplainerTrainer(weak_labels=...)``),
-        so the inner explainer is trained the same way; they never name an
-        annotated concept, so they cannot leak the pseudo-unseen ones.
-    weak_weight : float
+        The weak labels the mapper was trained with, so the inner explainer is
+        trained the same way; they never name an annotated concept, so they cannot
+        leak the pseudo-unseen ones.
     prior : ClassPrior, optional
-        The class prior the explanations will use (filter level only); the gamma is
-        tuned with it and ``mapper.prior`` records its settings.
-    seed : int
+        The class prior the explanations will use (filter level only).
+    show_progress : bool
 
     Examples
     --------
-    >>> mapper = GammaCalibration(store, space, mapper).fit()    # doctest: +SKIP
-    >>> mapper.gamma, mapper.gamma_table.head()                   # doctest: +SKIP
+    >>> record = GammaCalibration(store, mapper, space, settings).fit()   # doctest: +SKIP
+    >>> mapper = mapper.calibrated(record)                                # doctest: +SKIP
     """
 
-    def __init__(self, store, space, mapper: Mapper, *, level: str = "filter", gammas=None,
-                 inner_fraction: float = 0.7, k: int = 20, method: str = "attention", attention: str = "soft_mask",
-                 p: int = 25, s: int = 5, voting: str = "softmax", temperature: float = 0.1, vocabulary="concepts",
-                 hubness: str | None = None, weak_labels=None, weak_weight: float = 0.5, prior=None, seed: int = 0,
-                 show_progress: bool = False):
-        if level not in ("filter", "mask"):
-            raise ValueError(f"level must be 'filter' or 'mask', not {level!r}")
-        if prior is not None and level == "mask":
+    def __init__(self, store, mapper: Mapper, space, settings: ExplainSettings | None = None, *,
+                 calibration: CalibrationSettings | None = None, vocabulary="concepts", weak_labels=None,
+                 prior=None, show_progress: bool = False):
+        self.calibration = CalibrationSettings() if calibration is None else calibration
+        if prior is not None and self.calibration.level == "mask":
             raise ValueError("a class prior scores (filter, image) pairs, not masks: use level='filter' with prior=")
         self.store, self.space, self.mapper = store, space, mapper
-        self.level, self.k, self.seed = level, k, seed
-        self.gammas = np.round(np.arange(0, 0.501, 0.01), 4) if gammas is None else np.asarray(gammas, float)
-        self.inner_fraction = inner_fraction
-        self.method, self.attention, self.p, self.s = method, attention, p, s
-        self.voting, self.temperature = voting, temperature
-        self.vocabulary, self.hubness = vocabulary, hubness
-        self.weak_labels, self.weak_weight = weak_labels, weak_weight
-        self.prior = prior
+        self.settings = ExplainSettings() if settings is None else settings
+        self.gammas = np.asarray(self.calibration.gammas, dtype=float)
+        self.vocabulary, self.weak_labels, self.prior = vocabulary, weak_labels, prior
         self.show_progress = show_progress
+
+    @property
+    def k(self) -> int:
+        return self.calibration.k
 
     def split(self) -> tuple[list, list]:
         """Pseudo-seen and pseudo-unseen concepts, drawn from the seen ones only."""
         seen = sorted(self.mapper.seen)
-        rng = np.random.default_rng(self.seed + 7)
-        n_inner = max(1, min(len(seen) - 1, round(self.inner_fraction * len(seen))))
+        rng = np.random.default_rng(self.calibration.seed + 7)
+        n_inner = max(1, min(len(seen) - 1, round(self.calibration.inner_fraction * len(seen))))
         inner = sorted(rng.choice(seen, size=n_inner, replace=False).tolist())
         return inner, sorted(set(seen) - set(inner))
 
@@ -103,10 +177,9 @@ class GammaCalibration:
         Pass it to :meth:`table` or :meth:`fit` to calibrate several methods with one training.
         """
         inner, _ = self.split()
-        settings = {k: v for k, v in self.mapper.config.items() if k not in ("seen", "seen_fraction")}
-        trainer = ExplainerTrainer(self.store, self.space, seen=inner, restrict_to=self.mapper.seen,
-                                   weak_labels=self.weak_labels, weak_weight=self.weak_weight,
-                                   show_progress=self.show_progress, **settings)
+        config = dataclasses.replace(self.mapper.config, seen=tuple(inner))
+        trainer = ExplainerTrainer(self.store, self.space, config, restrict_to=self.mapper.seen,
+                                   weak_labels=self.weak_labels, show_progress=self.show_progress)
         return trainer.fit()
 
     def table(self, inner_mapper: Mapper | None = None) -> pd.DataFrame:
@@ -128,30 +201,33 @@ class GammaCalibration:
         mapper = self.inner_mapper() if inner_mapper is None else inner_mapper
         if sorted(mapper.seen) != inner:
             raise ValueError("inner_mapper was trained on other concepts than this calibration's pseudo-seen split")
-        if self.level == "mask":
+        if self.calibration.level == "mask":
             curves = {"mask": self._mask_level(mapper, inner, held)}
         else:
             curves = self._filter_level(mapper, inner, held)
         return pd.concat([pd.DataFrame({"gamma": self.gammas, "words": words, "seen": seen, "unseen": unseen,
-                                        "H": harmonic_mean(seen, unseen), "level": self.level, "k": self.k})
+                                        "H": harmonic_mean(seen, unseen), "level": self.calibration.level,
+                                        "k": self.k})
                           for words, (seen, unseen) in curves.items()], ignore_index=True)
 
-    def fit(self, inner_mapper: Mapper | None = None) -> Mapper:
-        """Set ``mapper.gamma``, ``mapper.filter_gamma`` (best H of each curve) and ``mapper.gamma_table``."""
+    def fit(self, inner_mapper: Mapper | None = None) -> Calibration:
+        """The best gamma of each curve (by H), as a :class:`Calibration` record; the mapper is not changed."""
         table = self.table(inner_mapper)
         best = table.loc[table.groupby("words")["H"].idxmax()].set_index("words")["gamma"]
-        self.mapper.gamma = float(best.get("image", best.get("mask")))
-        self.mapper.filter_gamma = float(best["filter"]) if "filter" in best else None
-        self.mapper.gamma_table = table
-        self.mapper.prior = None if self.prior is None else self.prior.settings
-        return self.mapper
+        filter_level = self.calibration.level == "filter"
+        return Calibration(
+            gamma=float(best.get("image", best.get("mask"))),
+            filter_gamma=float(best["filter"]) if "filter" in best else None, table=table,
+            level=self.calibration.level, k=self.k, layer=self.store.layer,
+            settings=self.settings.scoring() if filter_level else None,
+            prior=None if self.prior is None else self.prior.settings,
+            vocabulary=vocabulary_name(self.vocabulary) if filter_level else None)
 
     def _mask_level(self, mapper: Mapper, inner: list, held: list):
-        from .mapper import pair_table, pooled_pairs
         pairs = pair_table(self.store)
         candidates = sorted(self.mapper.seen)
         pairs = pairs[pairs["concepts"].map(lambda c: any(x in candidates for x in c))].reset_index(drop=True)
-        vectors = mapper.embed(pooled_pairs(self.store, pairs, mapper.config.get("pooling", "mass")))
+        vectors = mapper.embed(pooled_pairs(self.store, pairs, mapper.config.pooling))
         label_vectors = torch.from_numpy(np.asarray(self.space.embed(candidates).vectors, dtype=np.float32))
         scores = vectors @ label_vectors.T
         is_inner = torch.tensor([c in set(inner) for c in candidates], dtype=torch.float32)
@@ -170,11 +246,9 @@ class GammaCalibration:
         from .evaluate import RecallEvaluator
         from .explain import FilterExplainer
         candidates = sorted(self.mapper.seen)
-        explainer = FilterExplainer(self.store, mapper, self.space, vocabulary=self.vocabulary, method=self.method,
-                                    attention=self.attention, p=self.p, s=self.s, voting=self.voting,
-                                    temperature=self.temperature, calibrated=False,
-                                    hubness=self.hubness, prior=self.prior)
-        pairs, vectors, local = explainer._pair_vectors(None)
+        settings = dataclasses.replace(self.settings, calibrated=False)
+        explainer = FilterExplainer(self.store, mapper, self.space, self.vocabulary, settings, prior=self.prior)
+        pairs, vectors, local = explainer.pair_vectors(None)
         scores = explainer.word_scores(vectors, local)
         is_inner = explainer.seen_offsets(1.0)  # the inner mapper's seen concepts are the pseudo-seen ones
         truth = RecallEvaluator(self.store, inner, held, stuff=self.store.stuff).truth(pairs)
@@ -185,7 +259,7 @@ class GammaCalibration:
                              word=truth["concept"].map({w: i for i, w in enumerate(explainer.words)}).to_numpy())
         subsets = [truth[truth["concept"].isin(inner)], truth[truth["concept"].isin(held)]]
         k = min(self.k, len(explainer.words))
-        voters = min(explainer.image_k, len(explainer.words))  # the words each image votes among, as in explain
+        voters = min(self.settings.image_k, len(explainer.words))  # the words each image votes among, as in explain
         n_filters = self.store.shape[1]
         out = {"image": ([], []), "filter": ([], [])}
         for gamma in self.gammas:
@@ -198,13 +272,13 @@ class GammaCalibration:
             per_image = top.indices[:, :k].numpy()
             for subset, part in enumerate(subsets):  # 0: pseudo-seen, 1: pseudo-unseen
                 rows, targets = part["row"].to_numpy(), part["word"].to_numpy()
-                out["image"][subset].append(_recall_at(per_image, rows, targets, rows))
-                out["filter"][subset].append(_recall_at(per_filter, part["filter"].to_numpy(), targets, rows))
+                out["image"][subset].append(recall_at(per_image, rows, targets, rows))
+                out["filter"][subset].append(recall_at(per_filter, part["filter"].to_numpy(), targets, rows))
         return {name: (np.nan_to_num(np.array(seen)), np.nan_to_num(np.array(unseen)))
                 for name, (seen, unseen) in out.items()}
 
 
-def _recall_at(top: np.ndarray, rows: np.ndarray, words: np.ndarray, groups: np.ndarray) -> float:
+def recall_at(top: np.ndarray, rows: np.ndarray, words: np.ndarray, groups: np.ndarray) -> float:
     """Recall of ranked word lists, vectorised (equals :func:`lavise_nb.evaluate.recall`).
 
     ``top`` (R, k) word indices per list; each truth row t has its list ``rows[t]``,

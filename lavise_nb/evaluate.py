@@ -8,24 +8,22 @@ uses that image's own ranked words W_ui.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from ._utils.progress import progress
+from .config import ExplainSettings
+from .explain import FilterExplainer
+from .regions import filter_regions
 
 __all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection",
-           "compare_methods", "RECALL_COLUMNS"]
+           "MethodComparison", "DEFAULT_METHODS", "BASELINES", "RECALL_COLUMNS"]
 
 RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", "k", "recall", "pairs"]
-
-
-def _regions(store, images: np.ndarray, filters: np.ndarray, size: int) -> torch.Tensor:
-    """Thresholded, upsampled activation regions; (P, size * size) bool."""
-    maps = store.features(images)[torch.arange(len(images)), torch.tensor(filters, dtype=torch.long)]
-    up = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return (up > torch.from_numpy(store.thresholds[filters])[:, None, None]).flatten(1)
 
 
 def ground_truth(store, pairs: pd.DataFrame, iou_threshold: float = 0.04, chunk: int = 256,
@@ -52,7 +50,7 @@ def ground_truth(store, pairs: pd.DataFrame, iou_threshold: float = 0.04, chunk:
     for start in progress(range(0, len(pairs), chunk), enabled=show_progress, desc="ground truth"):
         part = pairs.iloc[start:start + chunk]
         images, filters = part["image"].to_numpy(), part["filter"].to_numpy()
-        regions = _regions(store, images, filters, size)
+        regions = filter_regions(store, images, filters, size).flatten(1)
         pair_rows, object_rows = [], []
         for row, image in enumerate(images):
             for obj in by_image.get(int(image), ()):
@@ -163,14 +161,6 @@ class RecallEvaluator:
                     rows.append(table)
         return pd.concat(rows, ignore_index=True)[RECALL_COLUMNS]
 
-    def discovered(self, explanations: pd.DataFrame, pairs: pd.DataFrame, k: int = 10) -> pd.DataFrame:
-        """Unseen concepts among a filter's top-k words that are ground truth for it."""
-        truth = self.truth(pairs)
-        truth = truth[truth["concept"].isin(self.unseen)][["filter", "concept"]].drop_duplicates()
-        top = explanations[(explanations["rank"] >= 1) & (explanations["rank"] <= k)]
-        hits = top.merge(truth, left_on=["filter", "word"], right_on=["filter", "concept"])
-        return hits[["filter", "word", "rank", "votes"]].sort_values(["filter", "rank"]).reset_index(drop=True)
-
 
 def frequency_baseline(store, pairs: pd.DataFrame, top_words: int = 20) -> pd.DataFrame:
     """A constant explanation: the reference set's most frequent concepts, for every filter.
@@ -236,14 +226,12 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
     inter = torch.zeros(c, len(concepts))
     region_sum = torch.zeros(c)
     mask_sum = torch.zeros(len(concepts))
-    thresholds = torch.from_numpy(store.thresholds)[None, :, None, None]
     by_image = objects.groupby("image")
     object_groups = {int(k): v for k, v in by_image}
     valid = np.flatnonzero(store.valid)
     for start in progress(range(0, len(valid), batch_images), enabled=show_progress, desc="dissection"):
         images = valid[start:start + batch_images]
-        maps = F.interpolate(store.features(images), size=(size, size), mode="bilinear", align_corners=False)
-        regions = (maps > thresholds).flatten(2).float()
+        regions = filter_regions(store, images, None, size).flatten(2).float()
         region_sum += regions.sum(dim=(0, 2))
         for local, image in enumerate(images):
             rows = object_groups.get(int(image))
@@ -264,54 +252,83 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
     })
 
 
-def compare_methods(store, mapper, space, vocabulary="concepts", methods=(("attention", "soft_mask"),
-                    ("attention", "paper"), ("attention", "code"), ("activation_masking", "paper"),
-                    ("original", "paper")), *, p: int = 25, s: int = 5, voting: str = "softmax",
-                    temperature: float = 0.1, calibrated=True, model=None,
-                    dataset=None, netdissect: bool = True, frequency: bool = True, iou_threshold: float = 0.04,
-                    ks=(5, 10, 20), model_name: str = "", hubness: str | None = None, prior=None,
-                    show_progress: bool = False):
-    """Recall of several explanation methods and the baselines, in one tidy table.
+DEFAULT_METHODS = (("attention", "soft_mask"), ("attention", "paper"), ("attention", "code"),
+                   ("activation_masking", "paper"), ("original", "paper"))
+BASELINES = ("frequency", "netdissect")
+
+
+class MethodComparison:
+    """Recall of several explanation methods and the baselines on one store, in one tidy table.
 
     Parameters
     ----------
-    methods : iterable of (method, attention)
-        ``("image_masking", "paper")`` also needs ``model`` and ``dataset``.
-    p, s, voting, temperature : explanation settings (see :class:`~lavise_nb.explain.FilterExplainer`).
-    netdissect, frequency : bool
-        Add Network Dissection labels and the most-frequent-concepts baseline.
-    hubness : {None, "csls"}
-        Word scoring of every method (see :class:`~lavise_nb.explain.FilterExplainer`).
+    store : ActivationStore
+    mapper : Mapper
+    space : WordSpace
+    settings : ExplainSettings, optional
+        Shared by every method; each method replaces ``method`` and ``attention``.
+    vocabulary : "concepts" or Vocabulary or list of str
+        Candidate words (recall only counts annotated concepts).
     prior : ClassPrior, optional
         The target model's class prior, added for every method.
+    model, dataset : optional
+        Needed for ``("image_masking", ...)``.
+    show_progress : bool
 
-    Returns
-    -------
-    (recall, explanations) : pandas.DataFrame, pandas.DataFrame
-        ``recall`` has :data:`RECALL_COLUMNS`; ``method`` names like
-        ``"attention/paper"``. ``explanations`` stacks every method's filter words.
+    Examples
+    --------
+    >>> recall, words = MethodComparison(store, mapper, space).compare()   # doctest: +SKIP
     """
-    from .explain import FilterExplainer
 
-    evaluator = RecallEvaluator(store, mapper.seen, mapper.unseen, stuff=store.stuff,
-                                iou_threshold=iou_threshold, ks=ks, show_progress=show_progress)
-    tables, explained, pairs = [], [], None
-    for method, attention in methods:
-        name = method if method != "attention" else f"attention/{attention}"
-        explainer = FilterExplainer(store, mapper, space, vocabulary, method=method, attention=attention, p=p,
-                                    s=s, voting=voting, temperature=temperature, top_words=max(ks),
-                                    calibrated=calibrated, model=model,
-                                    dataset=dataset, hubness=hubness, prior=prior, show_progress=show_progress)
-        words = explainer.explain().assign(method=name)
-        pairs = explainer.pairs()
-        tables.append(evaluator.evaluate(words, explainer.image_words(), pairs, name, model_name))
-        explained.append(words)
-    if pairs is None:
-        raise ValueError("no methods given")
-    if frequency:
-        tables.append(evaluator.evaluate(frequency_baseline(store, pairs, max(ks)), None, pairs, "frequency",
-                                         model_name))
-    if netdissect:
-        labels = network_dissection(store, top_words=max(ks), show_progress=show_progress)
-        tables.append(evaluator.evaluate(labels, None, pairs, "netdissect", model_name))
-    return pd.concat(tables, ignore_index=True), pd.concat(explained, ignore_index=True)
+    def __init__(self, store, mapper, space, settings: ExplainSettings | None = None, *, vocabulary="concepts",
+                 prior=None, model=None, dataset=None, show_progress: bool = False):
+        self.store, self.mapper, self.space = store, mapper, space
+        self.settings = ExplainSettings() if settings is None else settings
+        self.vocabulary, self.prior, self.model, self.dataset = vocabulary, prior, model, dataset
+        self.show_progress = show_progress
+
+    def compare(self, methods=DEFAULT_METHODS, baselines=BASELINES, ks=(5, 10, 20),
+                iou_threshold: float = 0.04) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Score every method and baseline.
+
+        Parameters
+        ----------
+        methods : iterable of (method, attention)
+        baselines : iterable of {"frequency", "netdissect"}
+            The most-frequent-concepts baseline and Network Dissection labels.
+        ks : tuple of int
+            Recall@k; every method lists ``max(ks)`` words per filter.
+        iou_threshold : float
+            IoU a concept's mask needs with a filter's region to be ground truth.
+
+        Returns
+        -------
+        (recall, explanations) : pandas.DataFrame, pandas.DataFrame
+            ``recall`` has :data:`RECALL_COLUMNS`, ``method`` named like
+            ``"attention/paper"``; ``explanations`` stacks every method's filter words.
+        """
+        methods = list(methods)
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if not methods:
+            raise ValueError("methods is empty: give at least one (method, attention) pair")
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}: choose from {BASELINES}")
+        store, model_name = self.store, self.store.manifest["key"]["model"]
+        evaluator = RecallEvaluator(store, self.mapper.seen, self.mapper.unseen, stuff=store.stuff,
+                                    iou_threshold=iou_threshold, ks=ks, show_progress=self.show_progress)
+        tables, explained, pairs = [], [], None
+        for method, attention in methods:
+            settings = dataclasses.replace(self.settings, method=method, attention=attention, top_words=max(ks))
+            explainer = FilterExplainer(store, self.mapper, self.space, self.vocabulary, settings, prior=self.prior,
+                                        model=self.model, dataset=self.dataset, show_progress=self.show_progress)
+            words = explainer.explain().assign(method=settings.name)
+            pairs = explainer.pairs()
+            tables.append(evaluator.evaluate(words, explainer.image_words(), pairs, settings.name, model_name))
+            explained.append(words)
+        if "frequency" in baselines:
+            tables.append(evaluator.evaluate(frequency_baseline(store, pairs, max(ks)), None, pairs, "frequency",
+                                             model_name))
+        if "netdissect" in baselines:
+            labels = network_dissection(store, top_words=max(ks), show_progress=self.show_progress)
+            tables.append(evaluator.evaluate(labels, None, pairs, "netdissect", model_name))
+        return pd.concat(tables, ignore_index=True), pd.concat(explained, ignore_index=True)

@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from ._utils.progress import progress
+from .calibration import vocabulary_name
+from .config import METHODS, ExplainSettings
 from .mapper import pool_features
 from .probe import LayerProbe, resolve_device
+from .regions import filter_maps
+from .words import Vocabulary
 
-__all__ = ["FilterExplainer", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS"]
+__all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS"]
 
-METHODS = ("attention", "activation_masking", "image_masking", "original")
-ATTENTION_FORMS = ("soft_mask", "paper", "code")
-VOTING = ("softmax", "top_s")
 EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images", "method", "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
                       "method"]
@@ -37,107 +38,89 @@ class FilterExplainer:
     store : ActivationStore
         Reference activations (top images and thresholds come from here).
     mapper : Mapper
-        The trained explainer head for this store's model and layer.
+        The trained explainer head for this store's model and layer; with
+        ``settings.calibrated=True`` its :attr:`Mapper.calibration` gives the gammas.
     space : WordSpace
         The word space the mapper was trained into.
     vocabulary : Vocabulary or list of str or "concepts", optional
         Candidate words. Default: the word space's default concept vocabulary plus
         every annotated concept. ``"concepts"``: the annotated concepts only.
-    method : {"attention", "activation_masking", "image_masking", "original"}
-        ``"attention"`` is LaViSE's filter attention. ``"activation_masking"`` pools
-        the maps under 1[A_u > T_u]; ``"image_masking"`` zeroes image pixels where
-        the upsampled A_u <= T_u, runs the model again (needs ``model`` and
-        ``dataset``) and pools the new maps under the kept region; ``"original"``
-        pools the whole map.
-    attention : {"soft_mask", "paper", "code"}
-        ``"paper"``: F_k^att = cos(F_u, F_k) F_k, then GAP (the paper's equation).
-        ``"code"``: e_k = mean_ij(F_k * F_u / ||F_u||) (the authors' released code).
-        ``"soft_mask"`` (default): e_k = sum_ij(F_k * relu(F_u)) / sum_ij(relu(F_u)),
-        the code's spatial weighting normalised like the mapper's mask pooling, so
-        attention features follow the training distribution. Chosen by measurement:
-        on the embedded default the paper's form scores below the most-frequent-
-        concepts baseline (see the README's quality table).
-    p : int
-        Top images per filter (by max activation).
-    s : int
-        Words each image votes for (``voting="top_s"``).
-    voting : {"softmax", "top_s"}
-        How a filter's images vote for its words; each image's vote counts its max
-        activation. ``"top_s"`` (the paper): one vote for each of its ``s`` best words.
-        ``"softmax"`` (default): a share of the vote for each of its ``image_k`` best
-        words, softmax(score / ``temperature``), so a near-certain word gets the whole
-        vote and a close call splits it. Chosen by measurement: on the embedded
-        default it raises H@20 of the filter's words by about 0.05 (README).
-    temperature : float
-        Softmax temperature of ``voting="softmax"``, in cosine units.
-    image_k : int
-        Words kept per (filter, image) in :meth:`image_words` (at least ``s``).
-    hubness : {None, "csls"}
-        ``"csls"`` ranks by cross-domain similarity local scaling (Lample et al.,
-        2018): 2 cos(v, w) - r_w, where r_w is word w's mean cosine to its
-        ``hubness_k`` nearest explanation vectors; it demotes "hub" words that are
-        near every vector.
-    top_words : int
-        Words returned per filter.
-    calibrated : bool or float
-        Subtract calibrated-stacking offsets from seen-concept scores before
-        ranking. True: the mapper's ``gamma`` for each image's words and its
-        ``filter_gamma`` for the filter's vote-ranked words (each tuned at its own
-        level by :class:`~lavise_nb.calibration.GammaCalibration`); a float: that
-        offset for both; False: raw cosines.
+    settings : ExplainSettings, optional
+        Method, attention form, p, voting, hubness, calibration and output size
+        (see :class:`~lavise_nb.config.ExplainSettings`).
     prior : ClassPrior, optional
         Adds the target model's own predictions for each pair's region to the pair's
-        explanation vector before words are ranked (see :mod:`lavise_nb.prior`). A
-        calibrated gamma holds for the prior it was tuned with; a mismatch warns.
+        explanation vector before words are ranked (see :mod:`lavise_nb.prior`).
     model, dataset : optional
         Needed only for ``method="image_masking"``.
     device : str
+        ``"auto"``: cuda when available.
+    show_progress : bool
+
+    Notes
+    -----
+    A calibrated gamma holds for the settings, prior and vocabulary it was tuned
+    with; any difference warns and names the fix.
+
+    Examples
+    --------
+    >>> explainer = FilterExplainer(store, mapper, space, settings=ExplainSettings(p=10))   # doctest: +SKIP
+    >>> explainer.explain(filters=[0, 1]).head()                                           # doctest: +SKIP
     """
 
-    def __init__(self, store, mapper, space, vocabulary=None, *, method: str = "attention",
-                 attention: str = "soft_mask", p: int = 25, s: int = 5, voting: str = "softmax",
-                 temperature: float = 0.1, top_words: int = 10,
-                 calibrated=True, model=None, dataset=None, device="cpu", batch_pairs: int = 1024,
-                 image_k: int = 20, hubness: str | None = None, hubness_k: int = 10, prior=None,
-                 show_progress: bool = False):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-        if attention not in ATTENTION_FORMS:
-            raise ValueError(f"attention must be one of {ATTENTION_FORMS}, not {attention!r}")
-        if voting not in VOTING:
-            raise ValueError(f"voting must be one of {VOTING}, not {voting!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, not {temperature}")
-        self.voting, self.temperature = voting, float(temperature)
-        if method == "image_masking" and (model is None or dataset is None):
+    def __init__(self, store, mapper, space, vocabulary=None, settings: ExplainSettings | None = None, *,
+                 prior=None, model=None, dataset=None, device="auto", show_progress: bool = False):
+        settings = ExplainSettings() if settings is None else settings
+        if settings.method == "image_masking" and (model is None or dataset is None):
             raise ValueError("method='image_masking' runs the network again: pass model= and dataset=")
         mapper.check(store, space)
         self.store, self.mapper, self.space = store, mapper, space
-        self.method, self.attention, self.p, self.s, self.top_words = method, attention, p, s, top_words
-        self.image_k = max(s, image_k)
-        if hubness not in (None, "csls"):
-            raise ValueError(f"hubness must be None or 'csls', not {hubness!r}")
-        self.hubness, self.hubness_k = hubness, hubness_k
         self.model, self.dataset = model, dataset
         self.device = resolve_device(device)
-        self.batch_pairs = batch_pairs
         self.show_progress = show_progress
-        self.prior = prior
-        if calibrated is True:
-            tuned_with = mapper.prior
-            if len(mapper.gamma_table) and tuned_with != (None if prior is None else prior.settings):
-                warnings.warn(f"the mapper's gamma was tuned {'with ' + str(tuned_with) if tuned_with else 'without'}"
-                              f" a class prior, but this explainer uses {prior.settings if prior else 'none'}: "
-                              "run GammaCalibration(..., prior=...) with this explainer's prior", stacklevel=2)
-            self.gamma = float(mapper.gamma)
-            self.filter_gamma = float(mapper.gamma if mapper.filter_gamma is None else mapper.filter_gamma)
-        else:
-            self.gamma = self.filter_gamma = float(calibrated or 0.0)
+        self._settings, self._prior = settings, prior
         self.words, self.vectors = self._candidates(vocabulary)
+        self.vocabulary_name = vocabulary_name(vocabulary)
         seen, unseen = set(mapper.seen), set(mapper.unseen)
         self.kinds = np.array(["seen" if w in seen else "unseen" if w in unseen else "zero-shot"
                                for w in self.words])
         self._cache: dict = {}
+        self._set_gammas()
+
+    @property
+    def settings(self) -> ExplainSettings:
+        """The explanation settings; assigning new ones (``dataclasses.replace``) clears cached results."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: ExplainSettings) -> None:
+        self._settings = value
+        self._cache.clear()
+        self._set_gammas()
+
+    @property
+    def prior(self):
+        """The class prior (or None); assigning another clears cached results."""
+        return self._prior
+
+    @prior.setter
+    def prior(self, value) -> None:
+        self._prior = value
+        self._cache.clear()
+        self._set_gammas()
+
+    def _set_gammas(self) -> None:
+        calibrated, record = self._settings.calibrated, self.mapper.calibration
+        if calibrated is True:
+            if record is not None:
+                problems = record.mismatch(self._settings, self._prior, self.vocabulary_name)
+                if problems:
+                    warnings.warn("the mapper's gamma was tuned under other settings than this explainer's: "
+                                  + "; ".join(problems) + ". Run GammaCalibration with this explainer's settings, "
+                                  "prior and vocabulary, then mapper.calibrated(record)", stacklevel=3)
+            self.gamma, self.filter_gamma = record.gammas if record is not None else (0.0, 0.0)
+        else:
+            self.gamma = self.filter_gamma = float(calibrated or 0.0)
 
     def _candidates(self, vocabulary) -> tuple[list, torch.Tensor]:
         concepts = self.space.embed(self.mapper.concepts, missing="skip")
@@ -145,10 +128,8 @@ class FilterExplainer:
             words, vectors = list(concepts.names), np.asarray(concepts.vectors)
         else:
             if vocabulary is None:
-                from .words import Vocabulary
                 vocabulary = Vocabulary.default(self.space)
             elif isinstance(vocabulary, (list, tuple)):
-                from .words import Vocabulary
                 vocabulary = Vocabulary.from_words(self.space, list(vocabulary))
             known = set(vocabulary.words)
             extra = [i for i, name in enumerate(concepts.names) if name not in known]
@@ -160,7 +141,7 @@ class FilterExplainer:
     def pairs(self, filters=None) -> pd.DataFrame:
         """The (filter, image) pairs that carry evidence: top-p images with max activation > 0."""
         filters = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
-        top = self.store.top_indices(self.p, filters)
+        top = self.store.top_indices(self.settings.p, filters)
         maxima = np.asarray(self.store.maxima)
         table = pd.DataFrame({
             "filter": np.repeat(filters, top.shape[1]),
@@ -173,11 +154,11 @@ class FilterExplainer:
         """Pooled features of each (filter, image) pair under the chosen method; (P, C)."""
         out = torch.zeros(len(pairs), self.store.shape[1])
         thresholds = torch.from_numpy(self.store.thresholds)
-        chunks = range(0, len(pairs), self.batch_pairs)
-        for start in progress(chunks, enabled=self.show_progress, desc=f"features ({self.method})"):
-            part = pairs.iloc[start:start + self.batch_pairs]
+        method, step = self.settings.method, self.settings.batch_pairs
+        for start in progress(range(0, len(pairs), step), enabled=self.show_progress, desc=f"features ({method})"):
+            part = pairs.iloc[start:start + step]
             filters = torch.tensor(part["filter"].to_numpy(), dtype=torch.long)
-            if self.method == "image_masking":
+            if method == "image_masking":
                 out[start:start + len(part)] = self._image_masking(part, filters, thresholds)
                 continue
             maps = self.store.features(part["image"].to_numpy()).to(self.device)
@@ -190,15 +171,16 @@ class FilterExplainer:
         flat = maps.flatten(2)
         own = flat[torch.arange(len(filters)), filters]
         mean = flat.mean(2)
-        if self.method == "original":
+        method, attention = self.settings.method, self.settings.attention
+        if method == "original":
             return mean
-        if self.method == "activation_masking":
+        if method == "activation_masking":
             region = (own > thresholds[filters][:, None]).float().view(-1, *maps.shape[2:])
-            return pool_features(maps, region, self.mapper.config.get("pooling", "mass"))
-        if self.attention == "paper":
+            return pool_features(maps, region, self.mapper.config.pooling)
+        if attention == "paper":
             weights = torch.einsum("pcs,ps->pc", F.normalize(flat, dim=2), F.normalize(own, dim=1))
             return weights * mean
-        if self.attention == "code":
+        if attention == "code":
             return torch.einsum("pcs,ps->pc", flat, own) / own.norm(dim=1).clamp_min(1e-6)[:, None] / flat.shape[2]
         soft = own.clamp_min(0)
         return torch.einsum("pcs,ps->pc", flat, soft) / soft.sum(1).clamp_min(1e-6)[:, None]
@@ -207,8 +189,7 @@ class FilterExplainer:
         pre = self.dataset.preprocess
         images = torch.stack([self.dataset[int(i)]["image"] for i in part["image"]])
         size = images.shape[-1]
-        maps = torch.stack([self.store.activation_map(int(i), int(f), size)
-                            for i, f in zip(part["image"], part["filter"])])
+        maps = filter_maps(self.store, part["image"].to_numpy(), part["filter"].to_numpy(), size)
         keep = (maps > thresholds[filters][:, None, None]).unsqueeze(1)
         black = pre.normalize(torch.zeros(1, 3, size, size))
         masked = torch.where(keep, images, black)
@@ -216,7 +197,7 @@ class FilterExplainer:
         with LayerProbe(self.model, self.store.layer) as probe:
             features = probe(masked.to(self.device)).float().cpu()
         region = F.adaptive_avg_pool2d(keep.float(), features.shape[2:])[:, 0]
-        return pool_features(features, region, self.mapper.config.get("pooling", "mass"))
+        return pool_features(features, region, self.mapper.config.pooling)
 
     # ------------------------------------------------------------------ words
     def _pair_words(self, filters, gamma: float | None = None) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor,
@@ -225,13 +206,16 @@ class FilterExplainer:
         key = None if filters is None else tuple(np.asarray(filters).tolist())
         gamma = self.gamma if gamma is None else gamma
         if (key, gamma) not in self._cache:
-            pairs, vectors, local = self._pair_vectors(filters)
-            index_top, scores_top = self.top_words_of(vectors, gamma, self.image_k, local)
+            pairs, vectors, local = self.pair_vectors(filters)
+            index_top, scores_top = self.top_words_of(vectors, gamma, self.settings.image_k, local)
             self._cache[key, gamma] = (pairs, vectors, index_top, scores_top)
         return self._cache[key, gamma]
 
-    def _pair_vectors(self, filters) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor | None]:
-        """Pairs, their explanation vectors (P, dim) and the words' hubness r_w (V,) or None; cached."""
+    def pair_vectors(self, filters=None) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor | None]:
+        """The pairs (:meth:`pairs`), their explanation vectors (P, dim) and the words' hubness r_w (V,) or None.
+
+        Cached per filter list until the settings or the prior change.
+        """
         key = None if filters is None else tuple(np.asarray(filters).tolist())
         if key not in self._cache:
             pairs = self.pairs(filters)
@@ -264,9 +248,9 @@ class FilterExplainer:
 
     def _word_hubness(self, vectors: torch.Tensor) -> torch.Tensor | None:
         """r_w: each word's mean cosine to its k nearest explanation vectors; (V,)."""
-        if self.hubness is None or len(vectors) == 0:
+        if self.settings.hubness is None or len(vectors) == 0:
             return None
-        k = min(self.hubness_k, len(vectors))
+        k = min(self.settings.hubness_k, len(vectors))
         return torch.cat([(chunk @ vectors.T).topk(k, dim=1).values.mean(1)
                           for chunk in self.vectors.split(2048)])
 
@@ -293,16 +277,16 @@ class FilterExplainer:
         for f in wanted:
             if f not in grouped:
                 rows.append(dict(filter=int(f), rank=0, word=None, votes=0.0, score=np.nan, kind=None,
-                                 n_images=0, note=f"none of the top {self.p} images activates this filter "
+                                 n_images=0, note=f"none of the top {self.settings.p} images activates this filter "
                                                    "(max activation <= 0)"))
                 continue
-            best = grouped[f].head(self.top_words)
+            best = grouped[f].head(self.settings.top_words)
             for rank, (word, vote, score) in enumerate(zip(best["word"], best["votes"], best["score"]), 1):
                 rows.append(dict(filter=int(f), rank=rank, word=self.words[word], votes=float(vote),
                                  score=float(score), kind=self.kinds[word], n_images=int(n_images[f]), note=""))
         table = pd.DataFrame(rows)
         table.insert(0, "layer", self.store.layer)
-        table["method"] = self.method
+        table["method"] = self.settings.method
         return table[EXPLANATION_COLUMNS]
 
     def votes(self, pairs: pd.DataFrame, index_top: torch.Tensor, scores_top: torch.Tensor) -> pd.DataFrame:
@@ -322,11 +306,11 @@ class FilterExplainer:
             ``filter, word`` (index into :attr:`words`), ``votes``, ``score``,
             sorted by filter, then votes and score descending.
         """
-        if self.voting == "top_s":
-            index_top, scores_top = index_top[:, :self.s], scores_top[:, :self.s]
+        if self.settings.voting == "top_s":
+            index_top, scores_top = index_top[:, :self.settings.s], scores_top[:, :self.settings.s]
             shares = torch.ones_like(scores_top)
         else:
-            shares = (scores_top / self.temperature).softmax(dim=1)
+            shares = (scores_top / self.settings.temperature).softmax(dim=1)
         frame = pd.DataFrame({
             "filter": np.repeat(pairs["filter"].to_numpy(), index_top.shape[1]),
             "word": index_top.reshape(-1).numpy(),
@@ -358,7 +342,7 @@ class FilterExplainer:
             "kind": self.kinds[index_top.reshape(-1).numpy()],
         })
         table.insert(3, "image_id", self.store.index["image_id"].to_numpy()[table["image"]])
-        table["method"] = self.method
+        table["method"] = self.settings.method
         return table[IMAGE_WORD_COLUMNS]
 
     def filter_vectors(self, filters=None) -> tuple[np.ndarray, torch.Tensor]:
@@ -368,7 +352,7 @@ class FilterExplainer:
         -------
         (filters, vectors) : numpy.ndarray (F,), torch.Tensor (F, dim) unit-norm
         """
-        pairs, vectors, _ = self._pair_vectors(filters)
+        pairs, vectors, _ = self.pair_vectors(filters)
         ids = pairs["filter"].to_numpy()
         unique, inverse = np.unique(ids, return_inverse=True)
         weights = torch.tensor(pairs["activation"].to_numpy(), dtype=torch.float32)[:, None]

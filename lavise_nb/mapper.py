@@ -8,10 +8,12 @@ layer and the model fingerprint, and loads with ``weights_only=True``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,10 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._utils.progress import progress
+from .config import TrainingConfig
 from .probe import resolve_device
 
-__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "pool_features", "pair_table", "model_labels",
-           "region_labels", "imagenet_classes"]
+if TYPE_CHECKING:
+    from .calibration import Calibration
+
+__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "TrainingConfig", "pool_features", "pair_table",
+           "pooled_pairs", "ranking_loss", "plain"]
 
 
 class ExplainerHead(nn.Module):
@@ -38,7 +44,7 @@ class ExplainerHead(nn.Module):
     dropout : float
     """
 
-    def __init__(self, channels: int, dim: int, dropout: float = 0.1):
+    def __init__(self, channels: int, dim: int, dropout: float = TrainingConfig.dropout):
         super().__init__()
         self.net = nn.Sequential(
             nn.BatchNorm1d(channels), nn.Dropout(dropout), nn.Linear(channels, channels), nn.ReLU(),
@@ -89,7 +95,7 @@ def pair_table(store) -> pd.DataFrame:
         ``concepts`` (tuple of names).
     """
     objects = store.objects
-    packed = np.asarray(store._masks)
+    packed = np.asarray(store.packed_masks)
     digests = [hashlib.blake2b(packed[i].tobytes(), digest_size=8).hexdigest() for i in range(len(objects))]
     frame = objects.assign(digest=digests)
     grouped = frame.groupby(["image", "digest"], sort=False).agg(
@@ -98,24 +104,6 @@ def pair_table(store) -> pd.DataFrame:
     table = table.reset_index(drop=True)
     table.insert(0, "pair", np.arange(len(table)))
     return table
-
-
-@dataclass
-class TrainingConfig:
-    """Every setting of a training run (saved with the mapper)."""
-
-    seen_fraction: float = 0.7
-    seed: int = 0
-    val_fraction: float = 0.2
-    pooling: str = "mass"
-    dropout: float = 0.5
-    margin: float = 1.0
-    lr: float = 1e-3
-    batch_size: int = 256
-    max_epochs: int = 60
-    patience: int = 8
-    plateau_patience: int = 3
-    seen: list | None = None
 
 
 @dataclass
@@ -129,19 +117,16 @@ class Mapper:
         All annotated concepts of the reference store.
     seen, unseen : list of str
         The concept split (training used only ``seen``).
-    space_id, layer, model : str
-        Word space, layer and model fingerprint the head belongs to.
-    config : dict
+    space_id, layer : str
+        Word space and layer the head belongs to.
+    model_fingerprint : str
+        The target model's fingerprint (:attr:`TargetModel.fingerprint`).
+    config : TrainingConfig
     history : pandas.DataFrame
-    gamma : float
-        Calibrated-stacking offset subtracted from seen-concept scores (0 = none);
-        tuned for per-image (or per-mask) words.
-    gamma_table : pandas.DataFrame
-        The calibration curves it was chosen from (``GammaCalibration.table()``).
-    filter_gamma : float or None
-        The offset tuned for a filter's vote-ranked words (None: use ``gamma``).
-    prior : dict or None
-        ``ClassPrior.settings`` of the class prior the gammas were tuned with (None: none).
+        One row per epoch (losses, seen and unseen top-1/top-5, learning rate).
+    calibration : Calibration or None
+        The calibrated-stacking record the explanations use
+        (:meth:`GammaCalibration.fit`, attached with :meth:`calibrated`); None: gamma 0.
     """
 
     head: ExplainerHead
@@ -150,13 +135,16 @@ class Mapper:
     unseen: list
     space_id: str
     layer: str
-    model: str
-    config: dict
+    model_fingerprint: str
+    config: TrainingConfig
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
-    gamma: float = 0.0
-    gamma_table: pd.DataFrame = field(default_factory=pd.DataFrame)
-    filter_gamma: float | None = None
-    prior: dict | None = None
+    calibration: Calibration | None = None
+
+    def calibrated(self, record: Calibration | None) -> "Mapper":
+        """A copy of this mapper that uses ``record`` (None: uncalibrated); the head is shared."""
+        if record is not None and record.layer not in (None, self.layer):
+            raise ValueError(f"this calibration was tuned for layer {record.layer!r}, not {self.layer!r}")
+        return dataclasses.replace(self, calibration=record)
 
     def embed(self, pooled: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """(B, d) pooled features -> (B, dim) unit vectors, in eval mode."""
@@ -170,9 +158,9 @@ class Mapper:
         """Fail clearly when this mapper is used with another model, layer or word space."""
         if store is not None:
             key = store.manifest["key"]
-            if key["model"] != self.model or key["layer"] != self.layer:
+            if key["model"] != self.model_fingerprint or key["layer"] != self.layer:
                 raise ValueError(
-                    f"this explainer was trained on {self.model} layer {self.layer!r}, but the store is "
+                    f"this explainer was trained on {self.model_fingerprint} layer {self.layer!r}, but the store is "
                     f"{key['model']} layer {key['layer']!r}; train one for this store or open the right store"
                 )
         if space is not None and getattr(space, "space_id", None) != self.space_id:
@@ -182,19 +170,17 @@ class Mapper:
             )
 
     def save(self, path: str | Path) -> Path:
-        """Write a ``weights_only``-loadable checkpoint."""
+        """Write a ``weights_only``-loadable checkpoint (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "state_dict": self.head.state_dict(),
             "channels": self.head.net[0].num_features, "dim": self.head.net[-1].out_features,
             "concepts": list(self.concepts), "seen": list(self.seen), "unseen": list(self.unseen),
-            "space_id": self.space_id, "layer": self.layer, "model": self.model,
-            "config": _plain(self.config), "gamma": float(self.gamma),
-            "filter_gamma": None if self.filter_gamma is None else float(self.filter_gamma),
-            "history": _plain(self.history.to_dict(orient="list")),
-            "gamma_table": _plain(self.gamma_table.to_dict(orient="list")),
-            "prior": _plain(self.prior),
+            "space_id": self.space_id, "layer": self.layer, "model": self.model_fingerprint,
+            "config": self.config.to_dict(),
+            "history": plain(self.history.to_dict(orient="list")),
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(payload, tmp)
@@ -204,29 +190,35 @@ class Mapper:
     @classmethod
     def load(cls, path: str | Path, store=None, space=None) -> "Mapper":
         """Load a checkpoint (``weights_only=True``); with ``store``/``space`` check it fits them."""
+        from .calibration import Calibration
+
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        head = ExplainerHead(payload["channels"], payload["dim"], payload["config"].get("dropout", 0.1))
+        config = TrainingConfig.from_dict(payload["config"])
+        head = ExplainerHead(payload["channels"], payload["dim"], config.dropout)
         head.load_state_dict(payload["state_dict"])
         head.eval()
+        if "calibration" in payload:
+            record = None if payload["calibration"] is None else Calibration.from_dict(payload["calibration"])
+        else:  # checkpoints written before the calibration record existed
+            record = Calibration.from_legacy(payload, payload["layer"])
         mapper = cls(head, payload["concepts"], payload["seen"], payload["unseen"], payload["space_id"],
-                     payload["layer"], payload["model"], payload["config"],
-                     pd.DataFrame(payload["history"]), payload["gamma"], pd.DataFrame(payload["gamma_table"]),
-                     payload.get("filter_gamma"), payload.get("prior"))
+                     payload["layer"], payload["model"], config, pd.DataFrame(payload["history"]), record)
         mapper.check(store, space)
         return mapper
 
 
-def _plain(value):
+def plain(value):
+    """Numpy scalars and arrays, tuples and dict keys as plain Python values (for checkpoints)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return plain(value.tolist())
     return value
 
 
@@ -248,6 +240,36 @@ def _rank_metrics(vectors: torch.Tensor, targets: list, label_vectors: torch.Ten
     return hits1 / len(targets), hits5 / len(targets)
 
 
+def ranking_loss(vectors: torch.Tensor, positives: torch.Tensor, label_vectors: torch.Tensor, margin: float,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's hinge ranking loss.
+
+    Parameters
+    ----------
+    vectors : torch.Tensor
+        (B, dim) unit explanation vectors.
+    positives : torch.Tensor
+        (B, L) 1 where label l is one of the pair's concepts, else 0.
+    label_vectors : torch.Tensor
+        (L, dim) unit label vectors.
+    margin : float
+    weights : torch.Tensor, optional
+        (B,) per-pair weights (weak labels weigh less).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar: the mean over pairs of sum over negatives of
+        max(0, margin - mean positive cosine + negative cosine).
+    """
+    cos = vectors @ label_vectors.T
+    positive = (cos * positives).sum(1) / positives.sum(1).clamp_min(1)
+    hinge = ((margin - positive[:, None] + cos).clamp_min(0) * (1 - positives)).sum(1)
+    if weights is None:
+        return hinge.mean()
+    return (hinge * weights).sum() / weights.sum()
+
+
 class ExplainerTrainer:
     """Train the explainer head of one store into one word space.
 
@@ -257,42 +279,37 @@ class ExplainerTrainer:
         The reference dataset's activations and masks.
     space : WordSpace
         Target semantic space; every concept must have a vector (see ``missing``).
-    seen_fraction : float
-        Share of annotated concepts used for training, drawn without replacement.
-    seed : int
-    pooling : {"mass", "mean"}
-    dropout, margin, lr : float
-    batch_size, max_epochs, patience : int
-    seen : list of str, optional
-        An explicit seen set (overrides ``seen_fraction``).
-    missing : {"error", "skip"}
-        What to do with concepts the word space cannot embed.
+    config : TrainingConfig, optional
+        Every training setting (concept split, pooling, optimiser, epochs, weak-label weight).
+    weak_labels : pandas.DataFrame, optional
+        Extra labels (columns ``image``, ``label``), e.g. the target model's own
+        predictions: :func:`~lavise_nb.labels.model_labels` for whole images
+        (features averaged over the map), :func:`~lavise_nb.labels.region_labels`
+        for mask crops (an ``object`` column; features pooled under that mask).
+        They widen the label space the head learns; labels sharing a token with
+        any annotated concept are dropped so that unseen concepts stay unseen.
     restrict_to : list of str, optional
         Use only these annotated concepts (others are never read); calibration
         uses it to keep the real unseen concepts out of its inner split.
-    weak_labels : pandas.DataFrame, optional
-        Extra labels (columns ``image``, ``label``), e.g. the target model's own
-        ImageNet predictions: :func:`model_labels` for whole images (features
-        averaged over the map), :func:`region_labels` for mask crops (an
-        ``object`` column; features pooled under that mask, like the pairs).
-        They widen the label space the head learns; labels sharing a token with
-        any annotated concept are dropped so that unseen concepts stay unseen.
-    weak_weight : float
-        Loss weight of weak-label pairs.
+    missing : {"error", "skip"}
+        What to do with concepts the word space cannot embed.
     device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+    show_progress : bool
 
     Examples
     --------
-    >>> mapper = ExplainerTrainer(store, space, seed=0).fit()   # doctest: +SKIP
-    >>> mapper.history.tail()                                    # doctest: +SKIP
+    >>> mapper = ExplainerTrainer(store, space, TrainingConfig(seed=0)).fit()   # doctest: +SKIP
+    >>> mapper.history.tail()                                                  # doctest: +SKIP
     """
 
-    def __init__(self, store, space, *, missing: str = "error", restrict_to=None, weak_labels=None,
-                 weak_weight: float = 0.5, device="cpu", show_progress: bool = True, **settings):
+    def __init__(self, store, space, config: TrainingConfig | None = None, *, weak_labels=None, restrict_to=None,
+                 missing: str = "error", device="auto", show_progress: bool = True):
+        if missing not in ("error", "skip"):
+            raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
         self.store = store
         self.space = space
-        self.config = TrainingConfig(**settings)
+        self.config = TrainingConfig() if config is None else config
         self.device = resolve_device(device)
         self.show_progress = show_progress
         universe = store.concepts if restrict_to is None else sorted(set(restrict_to) & set(store.concepts))
@@ -302,10 +319,12 @@ class ExplainerTrainer:
         self.seen, self.unseen = self._split()
         self.pairs = pair_table(store)
         self._pooled = None
-        self.weak_weight = weak_weight
         self.weak_names, self.weak_vectors, self.weak = self._weak(weak_labels, store.concepts)
 
     def _weak(self, labels, annotated) -> tuple[list, torch.Tensor, pd.DataFrame]:
+        if labels is not None and not {"image", "label"} <= set(labels.columns):
+            raise ValueError(f"weak_labels needs columns 'image' and 'label' (and 'object' for region labels), not "
+                             f"{list(labels.columns)}: make them with model_labels() or region_labels()")
         if labels is None or len(labels) == 0:
             return [], torch.zeros(0, self.concept_vectors.shape[1]), pd.DataFrame(columns=["image", "label"])
         tokens = {t for name in annotated for t in name.replace("-", " ").split()}
@@ -317,8 +336,11 @@ class ExplainerTrainer:
         rows = labels[labels["label"].isin(set(kept))].reset_index(drop=True)
         return kept, vectors, rows
 
-    def _weak_features(self, weak: pd.DataFrame, pooled: torch.Tensor) -> torch.Tensor:
-        """Features of weak-label rows: the pair's mask-pooled vector, or the image's map mean."""
+    def weak_features(self, weak: pd.DataFrame, pooled: torch.Tensor) -> torch.Tensor:
+        """Features of weak-label rows, (len(weak), C): the pair's mask-pooled vector, or the image's map mean.
+
+        ``pooled`` is :meth:`pooled`'s (n_pairs, C).
+        """
         out = torch.zeros(len(weak), pooled.shape[1])
         by_object = np.array(weak["object"].notna()) if "object" in weak else np.zeros(len(weak), bool)
         if by_object.any():
@@ -408,9 +430,9 @@ class ExplainerTrainer:
             weak_pos = torch.zeros(len(weak), len(label_vectors))
             weak_pos[torch.arange(len(weak)), torch.tensor([weak_index[c] for c in weak["label"]])] = 1.0
             start = len(pooled)
-            pooled = torch.cat([pooled, self._weak_features(weak, pooled)])
+            pooled = torch.cat([pooled, self.weak_features(weak, pooled)])
             positives = torch.cat([positives, weak_pos])
-            weights = torch.cat([weights, torch.full((len(weak),), self.weak_weight)])
+            weights = torch.cat([weights, torch.full((len(weak),), cfg.weak_weight)])
             train_rows = np.concatenate([train_rows, start + np.arange(len(weak))])
 
         head = ExplainerHead(pooled.shape[1], self.concept_vectors.shape[1], cfg.dropout).to(self.device)
@@ -429,14 +451,14 @@ class ExplainerTrainer:
             for chunk in order.split(cfg.batch_size):
                 if len(chunk) < 2:
                     continue
-                loss = self._loss(head(x_all[chunk]), pos_all[chunk], label_vectors, w_all[chunk])
+                loss = ranking_loss(head(x_all[chunk]), pos_all[chunk], label_vectors, cfg.margin, w_all[chunk])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(chunk)
             head.eval()
             with torch.no_grad():
-                val_loss = self._loss(head(x_all[val_rows]), pos_all[val_rows], label_vectors).item() \
+                val_loss = ranking_loss(head(x_all[val_rows]), pos_all[val_rows], label_vectors, cfg.margin).item() \
                     if len(val_rows) else total / len(train_rows)
             scheduler.step(val_loss)
             row = self._epoch_row(epoch, total / len(train_rows), val_loss, head, x_all, val_rows, zs_rows,
@@ -455,16 +477,7 @@ class ExplainerTrainer:
         history = pd.DataFrame(rows)
         history["best"] = history["val_loss"] == history["val_loss"].min()
         return Mapper(head.cpu(), self.concepts, self.seen, self.unseen, self.space.space_id,
-                      self.store.layer, self.store.manifest["key"]["model"], _plain(asdict(cfg)), history)
-
-    def _loss(self, vectors: torch.Tensor, positives: torch.Tensor, label_vectors: torch.Tensor,
-              weights: torch.Tensor | None = None) -> torch.Tensor:
-        cos = vectors @ label_vectors.T
-        positive = (cos * positives).sum(1) / positives.sum(1).clamp_min(1)
-        hinge = ((self.config.margin - positive[:, None] + cos).clamp_min(0) * (1 - positives)).sum(1)
-        if weights is None:
-            return hinge.mean()
-        return (hinge * weights).sum() / weights.sum()
+                      self.store.layer, self.store.manifest["key"]["model"], cfg, history)
 
     def _epoch_row(self, epoch, train_loss, val_loss, head, x_all, val_rows, zs_rows, seen_targets,
                    unseen_targets, optimiser) -> dict:
@@ -494,133 +507,3 @@ def pooled_pairs(store, pairs: pd.DataFrame, pooling: str = "mass", batch_images
         masks = store.object_masks_small(objects[rows])
         out[rows] = pool_features(features[local], masks, pooling)
     return out
-
-
-def imagenet_classes() -> list[str]:
-    """ImageNet-1k's 1000 class names, lower-case, in output order (the weak labels' vocabulary)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return [name.lower() for name in _IMAGENET_CATEGORIES]
-
-
-def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, batch_size: int = 64,
-                 device="cpu", show_progress: bool = True) -> pd.DataFrame:
-    """The target model's own ImageNet predictions for each image, as weak labels.
-
-    Parameters
-    ----------
-    model : TargetModel
-        An ImageNet classifier (1000 outputs in torchvision's class order).
-    dataset : torch.utils.data.Dataset
-        Follows the sample contract of :mod:`lavise_nb.datasets`.
-    top : int
-        Classes kept per image.
-    min_probability : float
-        Softmax probability a class needs to be kept.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``image, label, probability`` (labels are lower-case class names).
-    """
-    from .datasets import collate_samples
-
-    names = imagenet_classes()
-    device = resolve_device(device)
-    model.to(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
-    rows = []
-    with torch.no_grad():
-        for batch in progress(loader, enabled=show_progress, desc="model labels"):
-            logits = model.module(batch["images"].to(device)).float()
-            if logits.shape[-1] != len(names):
-                raise ValueError(f"the model has {logits.shape[-1]} outputs, not ImageNet's {len(names)}")
-            probs, classes = logits.softmax(-1).topk(top, dim=1)
-            for image, p_row, c_row, error in zip(batch["index"].tolist(), probs.tolist(), classes.tolist(),
-                                                  batch["errors"]):
-                rows += [(image, names[c], p) for p, c in zip(p_row, c_row) if p >= min_probability and not error]
-    return pd.DataFrame(rows, columns=["image", "label", "probability"])
-
-
-def region_labels(model, store, dataset, *, top: int = 3, min_probability: float = 0.05, context: float = 0.15,
-                  min_side: int = 16, batch_size: int = 64, device="cpu", show_progress: bool = True) -> pd.DataFrame:
-    """The target model's ImageNet predictions for a crop around each annotated region.
-
-    Every distinct region of the store (:func:`pair_table`) is cropped to its
-    bounding box plus ``context`` on each side, resized to the input size and
-    classified. Only the pixels are used, never the region's concept names, so
-    the labels are fair weak labels for seen and unseen regions alike.
-
-    Parameters
-    ----------
-    model : TargetModel
-        An ImageNet classifier (1000 outputs in torchvision's class order).
-    store : ActivationStore
-        The reference store (its masks are at the dataset's input size).
-    dataset : torch.utils.data.Dataset
-        The store's dataset (sample contract of :mod:`lavise_nb.datasets`).
-    top : int
-        Classes kept per region.
-    min_probability : float
-        Softmax probability a class needs to be kept.
-    context : float
-        Margin around the box, as a share of its side.
-    min_side : int
-        Boxes are grown to at least this many pixels a side.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``image, object, label, probability``; ``object`` is the
-        region's representative object row (pass as ``weak_labels``).
-    """
-    names = imagenet_classes()
-    device = resolve_device(device)
-    model.to(device)
-    pairs = pair_table(store)
-    size = store.image_size
-    rows, crops, keys = [], [], []
-
-    def flush():
-        if not crops:
-            return
-        with torch.no_grad():
-            logits = model.module(torch.stack(crops).to(device)).float()
-        if logits.shape[-1] != len(names):
-            raise ValueError(f"the model has {logits.shape[-1]} outputs, not ImageNet's {len(names)}")
-        probs, classes = logits.softmax(-1).topk(top, dim=1)
-        for (image, obj), p_row, c_row in zip(keys, probs.tolist(), classes.tolist()):
-            rows.extend((image, obj, names[c], p) for p, c in zip(p_row, c_row) if p >= min_probability)
-        crops.clear()
-        keys.clear()
-
-    grouped = pairs.groupby("image", sort=True)
-    for image, group in progress(grouped, enabled=show_progress, desc="region labels", total=grouped.ngroups):
-        sample = dataset[int(image)]
-        if sample.get("error"):
-            continue
-        picture = sample["image"]
-        masks = store.object_masks(group["object"].to_numpy())
-        for obj, mask in zip(group["object"].tolist(), masks):
-            ys, xs = torch.nonzero(mask, as_tuple=True)
-            if len(ys) == 0:
-                continue
-            crops.append(_crop(picture, ys, xs, context, min_side, size))
-            keys.append((int(image), int(obj)))
-            if len(crops) >= batch_size:
-                flush()
-    flush()
-    return pd.DataFrame(rows, columns=["image", "object", "label", "probability"])
-
-
-def _crop(picture: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, context: float, min_side: int,
-          size: int) -> torch.Tensor:
-    """(3, H, W) picture -> (3, size, size) crop around the pixels (ys, xs), with margin."""
-    height, width = picture.shape[1:]
-    y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
-    grow_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
-    grow_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
-    y0, y1 = max(0, int(y0 - grow_y)), min(height, int(math.ceil(y1 + grow_y)))
-    x0, x1 = max(0, int(x0 - grow_x)), min(width, int(math.ceil(x1 + grow_x)))
-    window = picture[:, y0:y1, x0:x1]
-    return F.interpolate(window[None], size=(size, size), mode="bilinear", align_corners=False)[0]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .regions import filter_maps, filter_regions
+
 __all__ = ["KIND_STYLE", "filter_summary", "filter_card", "training_curves", "recall_bars", "lookup_bars"]
 
 #: Colour and font style per word kind (``FilterExplainer`` ``kind`` column).
@@ -111,9 +113,9 @@ def _image_panel(ax, store, dataset, image: int, filter: int, words: pd.DataFram
     sample = dataset[int(image)]
     picture = dataset.preprocess.denormalize(sample["image"]).permute(1, 2, 0).numpy()
     size = picture.shape[0]
-    amap = store.activation_map(int(image), int(filter), size).numpy()
+    amap = filter_maps(store, [image], [filter], size)[0].numpy()
     threshold = float(store.thresholds[filter])
-    region = amap > threshold
+    region = filter_regions(store, [image], [filter], size)[0].numpy()
     shown = picture * np.where(region, 1.0, 0.35)[..., None]
     ax.imshow(shown, interpolation="bilinear")
     heat = np.ma.masked_where(~region, amap)
@@ -545,7 +547,7 @@ def bias_gallery(comparison, filters, k: int = 4, dataset=None, fig=None):
     axes = np.asarray(fig.subplots(len(filters), n_cols, squeeze=False))
     table = comparison.result
     for i, f in enumerate(filters):
-        words = comparison._top_words.get(f, "")
+        words = comparison.filter_words.get(f, "")
         for j, g in enumerate(groups):
             examples = comparison.example_images(f, g, k)
             share = ""
@@ -569,8 +571,8 @@ def bias_gallery(comparison, filters, k: int = 4, dataset=None, fig=None):
                 else:
                     ax.imshow(picture)
                     if aligned:
-                        amap = comparison.store.activation_map(int(row["image"]), f, picture.shape[0]).numpy()
-                        region = amap > comparison.thresholds[f]
+                        region = filter_regions(comparison.store, [row["image"]], [f], picture.shape[0],
+                                                comparison.thresholds)[0].numpy()
                         if region.any() and not region.all():
                             ax.contour(region.astype(float), levels=[0.5], colors=["#ffd400"], linewidths=1)
                 colour = "#2ca02c" if row["qualifies"] else "#999999"

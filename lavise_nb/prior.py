@@ -20,7 +20,9 @@ import torch
 
 from ._utils.cache import cache_dir
 from ._utils.progress import progress
+from .labels import classify, imagenet_classes
 from .probe import resolve_device
+from .regions import crop_around, filter_regions
 
 __all__ = ["ClassPrior"]
 
@@ -56,8 +58,8 @@ class ClassPrior:
     min_side : int
         Boxes grow to at least this many pixels a side.
     batch_size : int
-    device : str, optional
-        None or "auto": cuda when available.
+    device : str
+        "auto": cuda when available.
     show_progress : bool
 
     Notes
@@ -73,13 +75,11 @@ class ClassPrior:
 
     def __init__(self, model, dataset, space, *, top: int | None = None, weight: float = 1.0, source: str = "region",
                  class_names=None, context: float = 0.15, min_side: int = 16, batch_size: int = 64,
-                 device=None, show_progress: bool = True):
+                 device="auto", show_progress: bool = True):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
         if weight < 0:
             raise ValueError(f"weight must be >= 0, not {weight}")
-        from .mapper import imagenet_classes
-
         self.class_names = imagenet_classes() if class_names is None else list(class_names)
         self.stored = min(STORED_CLASSES, len(self.class_names))
         top = min(10, self.stored) if top is None else top
@@ -176,50 +176,30 @@ class ClassPrior:
         return folder / f"{digest}.parquet"
 
     def _compute(self, store, todo: pd.DataFrame, cached: pd.DataFrame, path: Path) -> pd.DataFrame:
-        from .evaluate import _regions
-        from .mapper import _crop
-
-        model = self.model
-        model.to(self.device)
+        self.model.to(self.device)
         size = store.image_size
-        parts, crops, keys = [cached], [], []
-
-        def flush():
-            with torch.no_grad():
-                logits = model.module(torch.stack(crops).to(self.device)).float()
-            if logits.shape[-1] != len(self.class_names):
-                raise ValueError(f"the model has {logits.shape[-1]} outputs but {len(self.class_names)} class names "
-                                 "were given: pass class_names= in the model's output order")
-            probabilities, classes = logits.softmax(-1).topk(self.stored, dim=1)
-            parts.append(pd.DataFrame({
-                "filter": np.repeat([f for f, _ in keys], self.stored),
-                "image": np.repeat([i for _, i in keys], self.stored),
-                "rank": np.tile(np.arange(1, self.stored + 1), len(keys)),
-                "class": classes.cpu().numpy().reshape(-1),
-                "probability": probabilities.cpu().numpy().reshape(-1).astype(np.float32),
-            }))
-            crops.clear()
-            keys.clear()
-
+        parts = [cached]
         todo = todo.sort_values(["image", "filter"])
         batches = range(0, len(todo), self.batch_size)
         for n, start in enumerate(progress(batches, enabled=self.show_progress, desc="class prior")):
             part = todo.iloc[start:start + self.batch_size]
             images, filters = part["image"].to_numpy(), part["filter"].to_numpy()
-            regions = _regions(store, images, filters, size) if self.source == "region" else None
-            pictures = {}
-            for row, (image, f) in enumerate(zip(images, filters)):
-                picture = pictures.get(image)
-                if picture is None:
-                    picture = pictures[image] = self.dataset[int(image)]["image"]
-                crop = picture  # already size x size: the store was built from this dataset
+            regions = filter_regions(store, images, filters, size) if self.source == "region" else None
+            pictures, crops = {}, []
+            for row, image in enumerate(images):
+                if image not in pictures:
+                    pictures[image] = self.dataset[int(image)]["image"]
+                crop = pictures[image]  # already size x size: the store was built from this dataset
                 if regions is not None:
-                    ys, xs = torch.nonzero(regions[row].view(size, size), as_tuple=True)
-                    if len(ys):
-                        crop = _crop(picture, ys, xs, self.context, self.min_side, size)
+                    crop = crop_around(crop, regions[row], self.context, self.min_side, size)
                 crops.append(crop)
-                keys.append((int(f), int(image)))
-            flush()
+            probabilities, classes = classify(self.model, torch.stack(crops), self.stored, len(self.class_names))
+            parts.append(pd.DataFrame({
+                "filter": np.repeat(filters, self.stored), "image": np.repeat(images, self.stored),
+                "rank": np.tile(np.arange(1, self.stored + 1), len(part)),
+                "class": classes.numpy().reshape(-1),
+                "probability": probabilities.numpy().reshape(-1).astype(np.float32),
+            }))
             if (n + 1) % 20 == 0:  # resumable: write what is done so far
                 _write(pd.concat(parts, ignore_index=True), path)
         table = pd.concat(parts, ignore_index=True)

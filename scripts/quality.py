@@ -26,6 +26,7 @@ from lavise_nb.evaluate import (RecallEvaluator, compare_methods, frequency_base
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import imagenet_classes, model_labels, region_labels
 from lavise_nb.prior import ClassPrior
+from lavise_nb.config import CalibrationSettings, ExplainSettings, TrainingConfig
 
 METHODS = (("attention", "soft_mask"), ("attention", "paper"), ("attention", "code"),
            ("activation_masking", "paper"), ("original", "paper"))
@@ -129,8 +130,7 @@ def main() -> None:
             seed=None, votes_per_image=5, voting="softmax", prior=None):
         words = space if word_space is None else word_space
         seed = args.seed if seed is None else seed
-        mapper = ExplainerTrainer(store, words, seen_fraction=seen_fraction, seed=seed,
-                                  weak_labels=weak_labels, weak_weight=weak_weight).fit()
+        mapper = ExplainerTrainer(store, words, TrainingConfig(seen_fraction=seen_fraction, seed=seed, weak_weight=weak_weight), weak_labels=weak_labels).fit()
         tags = dict(experiment=name, seen_fraction=seen_fraction, word_space=words.name, split_seed=seed,
                     s=votes_per_image, voting=voting, class_prior=prior is not None,
                     candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
@@ -140,10 +140,7 @@ def main() -> None:
                 tuned = mapper
                 if calibrated:  # gamma is tuned for each method, on the inner split of the seen concepts
                     tuned = copy.copy(mapper)
-                    calibration = GammaCalibration(store, words, tuned, level="filter", vocabulary=vocabulary,
-                                                   method=method, attention=attention, seed=seed, gammas=GAMMAS,
-                                                   s=votes_per_image, voting=voting, prior=prior,
-                                                   weak_labels=weak_labels, weak_weight=weak_weight)
+                    calibration = GammaCalibration(store, tuned, words, ExplainSettings(method=method, attention=attention, s=votes_per_image, voting=voting), calibration=CalibrationSettings(level="filter", seed=seed, gammas=GAMMAS), vocabulary=vocabulary, prior=prior, weak_labels=weak_labels)
                     inner = inner or calibration.inner_mapper()
                     calibration.fit(inner)
                     gammas.append(tuned.gamma_table.assign(method=method_name(method, attention), layer=store.layer,

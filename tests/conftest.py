@@ -6,6 +6,7 @@ from torch import nn
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.probe import wrap_model
 from lavise_nb.store import ActivationStore
+from lavise_nb.config import TrainingConfig
 
 RED_FILTER = 0
 COLOUR_FILTERS = {"red": 0, "green": 1, "blue": 2, "yellow": 3}
@@ -62,5 +63,4 @@ def space():
 def mapper(tiny_store, space):
     """An explainer head trained on the tiny store (seen: SEEN_SHAPES)."""
     from lavise_nb.mapper import ExplainerTrainer
-    return ExplainerTrainer(tiny_store, space, seen=SEEN_SHAPES, margin=0.1, dropout=0.1, max_epochs=40,
-                            show_progress=False).fit()
+    return ExplainerTrainer(tiny_store, space, TrainingConfig(seen=SEEN_SHAPES, margin=0.1, dropout=0.1, max_epochs=40), show_progress=False).fit()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lavise_nb.evaluate import (RECALL_COLUMNS, RecallEvaluator, frequency_baseline, ground_truth, oracle_words,
+from lavise_nb.config import ExplainSettings, TrainingConfig
                                 recall)
 
 
@@ -83,8 +84,8 @@ def test_random_network_scores_below_the_pretrained_one(tmp_path):
     scores = {}
     for name, model in (("trained", trained), ("random", random)):
         store = ActivationStore.build(model, "_blocks.15", data, show_progress=False)
-        mapper = ExplainerTrainer(store, space, seed=0, max_epochs=15, show_progress=False).fit()
-        explainer = FilterExplainer(store, mapper, space, "concepts", p=10, calibrated=False)
+        mapper = ExplainerTrainer(store, space, TrainingConfig(seed=0, max_epochs=15), show_progress=False).fit()
+        explainer = FilterExplainer(store, mapper, space, "concepts", ExplainSettings(p=10, calibrated=False))
         table = RecallEvaluator(store, mapper.seen, mapper.unseen, stuff=store.stuff).evaluate(
             explainer.explain(), explainer.image_words(), explainer.pairs(), "attention")
         row = table[(table["ground"] == "objects") & (table["subset"] == "all") & (table["k"] == 20)]

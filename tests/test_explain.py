@@ -1,20 +1,19 @@
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lavise_nb.calibration import Calibration
 from lavise_nb.explain import EXPLANATION_COLUMNS, FilterExplainer
 from tests.conftest import COLOUR_FILTERS
+from lavise_nb.config import ExplainSettings
 
 
 
 @pytest.mark.parametrize("method,attention", [("attention", "soft_mask"), ("activation_masking", "paper")])
 def test_planted_colour_filters_are_named_by_their_colour(tiny_store, mapper, space, method, attention):
-    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", method=method,
-                                attention=attention, p=10, s=3)
+    explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(method=method, attention=attention, p=10, s=3))
     table = explainer.explain(filters=list(COLOUR_FILTERS.values()))
     assert list(table.columns) == EXPLANATION_COLUMNS
     first = table[table["rank"] == 1].set_index("filter")["word"]
@@ -26,17 +25,16 @@ def test_planted_colour_filters_are_named_by_their_colour(tiny_store, mapper, sp
 
 
 def test_image_masking_runs_the_model_batched(tiny_store, mapper, space, tiny_model, shapes):
-    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", method="image_masking",
-                                p=8, s=3, model=tiny_model, dataset=shapes)
+    explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(method="image_masking", p=8, s=3), model=tiny_model, dataset=shapes)
     table = explainer.explain(filters=[COLOUR_FILTERS["red"]])
     assert table.iloc[0]["word"] == "red"
     with pytest.raises(ValueError, match="model="):
-        FilterExplainer(tiny_store, mapper, space, method="image_masking")
+        FilterExplainer(tiny_store, mapper, space, None, ExplainSettings(method="image_masking"))
 
 
 def test_all_filters_at_once_equals_per_filter_computation(tiny_store, mapper, space):
     for attention in ("paper", "code", "soft_mask"):
-        explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", attention=attention, p=4)
+        explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(attention=attention, p=4))
         pairs = explainer.pairs()
         batched = explainer.pair_features(pairs)
         for row, (f, i) in enumerate(zip(pairs["filter"].head(12), pairs["image"].head(12))):
@@ -55,8 +53,7 @@ def test_all_filters_at_once_equals_per_filter_computation(tiny_store, mapper, s
 
 
 def test_kinds_and_zero_shot_words(tiny_store, mapper, space):
-    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary=["dog", "car", "purple"], p=5,
-                                top_words=20)
+    explainer = FilterExplainer(tiny_store, mapper, space, ["dog", "car", "purple"], ExplainSettings(p=5, top_words=20))
     table = explainer.explain(filters=[0])
     assert set(table["kind"]) <= {"seen", "unseen", "zero-shot"}
     kinds = dict(zip(explainer.words, explainer.kinds))
@@ -65,25 +62,25 @@ def test_kinds_and_zero_shot_words(tiny_store, mapper, space):
 
 
 def test_calibration_lowers_seen_scores(tiny_store, mapper, space):
-    raw = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", calibrated=False).image_words([0])
-    calibrated = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", calibrated=0.3).image_words([0])
+    raw = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False))
+    calibrated = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=0.3))
+    raw, calibrated = raw.image_words([0]), calibrated.image_words([0])
     merged = raw.merge(calibrated, on=["filter", "image", "word"], suffixes=("_raw", "_cal"))
     seen = merged[merged["kind_raw"] == "seen"]
     assert np.allclose(seen["score_raw"] - 0.3, seen["score_cal"], atol=1e-5)
 
 
 def test_filter_words_and_image_words_use_their_own_gamma(tiny_store, mapper, space):
-    tuned = copy.copy(mapper)
-    tuned.gamma, tuned.filter_gamma = 0.0, 0.5
-    explainer = FilterExplainer(tiny_store, tuned, space, vocabulary="concepts", p=6, s=3)
+    tuned = mapper.calibrated(Calibration(gamma=0.0, filter_gamma=0.5))
+    explainer = FilterExplainer(tiny_store, tuned, space, "concepts", ExplainSettings(p=6, s=3))
     assert (explainer.gamma, explainer.filter_gamma) == (0.0, 0.5)
-    raw = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=False)
-    shifted = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=0.5)
+    raw = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, s=3, calibrated=False))
+    shifted = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, s=3, calibrated=0.5))
     pd.testing.assert_frame_equal(explainer.image_words([0, 1]), raw.image_words([0, 1]))
     pd.testing.assert_frame_equal(explainer.explain([0, 1]), shifted.explain([0, 1]))
     assert not explainer.explain([0, 1])["word"].equals(raw.explain([0, 1])["word"])
-    tuned.filter_gamma = None
-    assert FilterExplainer(tiny_store, tuned, space, vocabulary="concepts").filter_gamma == 0.0
+    assert FilterExplainer(tiny_store, mapper.calibrated(Calibration(0.0, None)), space).filter_gamma == 0.0
+    assert mapper.calibration is None
 
 
 def test_filter_without_activation_says_so(tiny_store, mapper, space, monkeypatch):
@@ -98,7 +95,7 @@ def test_filter_without_activation_says_so(tiny_store, mapper, space, monkeypatc
 
 
 def test_image_words_and_reverse_lookup(tiny_store, mapper, space):
-    explainer = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, image_k=5)
+    explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, s=3, image_k=5))
     words = explainer.image_words(filters=[0, 1])
     assert set(words.groupby(["filter", "image"]).size()) == {5}
     hits = explainer.lookup("red", k=3)
@@ -109,14 +106,14 @@ def test_image_words_and_reverse_lookup(tiny_store, mapper, space):
 
 def test_votes_follow_the_voting_rule():
     explainer = object.__new__(FilterExplainer)
-    explainer.s, explainer.temperature = 2, 0.1
+    explainer._settings = ExplainSettings(s=2, temperature=0.1, voting="top_s")
     pairs = pd.DataFrame({"filter": [0, 0], "image": [3, 4], "activation": [2.0, 1.0]})
     index_top = torch.tensor([[5, 6, 7], [6, 5, 7]])
     scores_top = torch.tensor([[0.9, 0.8, 0.1], [0.7, 0.7, 0.6]])
-    explainer.voting = "top_s"  # the paper: each image's s best words, one activation-weighted vote each
+    # the paper: each image's s best words, one activation-weighted vote each
     top_s = explainer.votes(pairs, index_top, scores_top).set_index("word")["votes"]
     assert top_s.to_dict() == {5: 3.0, 6: 3.0}
-    explainer.voting = "softmax"  # shares of the vote: softmax(score / temperature) over each image's words
+    explainer._settings = ExplainSettings(s=2, temperature=0.1)  # shares of the vote: softmax(score / temperature) over each image's words
     soft = explainer.votes(pairs, index_top, scores_top).set_index("word")["votes"]
     first, second = (scores_top / 0.1).softmax(1).numpy()
     expected = {5: 2 * first[0] + second[1], 6: 2 * first[1] + second[0], 7: 2 * first[2] + second[2]}
@@ -127,6 +124,6 @@ def test_votes_follow_the_voting_rule():
 
 def test_bad_voting_is_reported(tiny_store, mapper, space):
     with pytest.raises(ValueError, match="voting must be one of"):
-        FilterExplainer(tiny_store, mapper, space, voting="borda")
+        FilterExplainer(tiny_store, mapper, space, None, ExplainSettings(voting="borda"))
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        FilterExplainer(tiny_store, mapper, space, temperature=0)
+        FilterExplainer(tiny_store, mapper, space, None, ExplainSettings(temperature=0))

@@ -1,10 +1,10 @@
-import copy
-
 import pandas as pd
 import pytest
 import torch
 
-from lavise_nb.mapper import ExplainerTrainer, Mapper, pair_table, pool_features
+from lavise_nb.calibration import Calibration
+from lavise_nb.config import ExplainSettings, TrainingConfig
+from lavise_nb.mapper import ExplainerTrainer, Mapper, pair_table, pool_features, ranking_loss
 from tests.helpers import shapes_space
 
 SEEN = ["red", "green", "blue", "circle", "square", "stripes", "dots", "plain"]
@@ -12,8 +12,8 @@ SEEN = ["red", "green", "blue", "circle", "square", "stripes", "dots", "plain"]
 
 @pytest.fixture(scope="module")
 def mapper(tiny_store):
-    return ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, margin=0.1, dropout=0.1, max_epochs=40,
-                            show_progress=False).fit()
+    config = TrainingConfig(seen=SEEN, margin=0.1, dropout=0.1, max_epochs=40)
+    return ExplainerTrainer(tiny_store, shapes_space(), config, show_progress=False).fit()
 
 
 def test_pool_features_mass_and_mean():
@@ -36,8 +36,8 @@ def test_identical_masks_become_one_pair_with_two_positives(tiny_store):
 
 
 def test_split_is_seeded_without_replacement(tiny_store):
-    a = ExplainerTrainer(tiny_store, shapes_space(), seen_fraction=0.7, seed=3, show_progress=False)
-    b = ExplainerTrainer(tiny_store, shapes_space(), seen_fraction=0.7, seed=3, show_progress=False)
+    a = ExplainerTrainer(tiny_store, shapes_space(), TrainingConfig(seen_fraction=0.7, seed=3), show_progress=False)
+    b = ExplainerTrainer(tiny_store, shapes_space(), TrainingConfig(seen_fraction=0.7, seed=3), show_progress=False)
     assert a.seen == b.seen and len(set(a.seen)) == len(a.seen) == round(0.7 * 11)
     assert set(a.seen).isdisjoint(a.unseen) and set(a.seen) | set(a.unseen) == set(tiny_store.concepts)
 
@@ -66,15 +66,21 @@ def test_save_and_load_check_model_and_space(tmp_path, mapper, tiny_store):
         loaded.check(tiny_store)
 
 
-def test_calibration_offsets_survive_saving(tmp_path, mapper, tiny_store):
-    tuned = copy.copy(mapper)
-    tuned.gamma, tuned.filter_gamma = 0.3, 0.12
-    loaded = Mapper.load(tuned.save(tmp_path / "m.pt"), tiny_store, shapes_space())
-    assert (loaded.gamma, loaded.filter_gamma) == (0.3, 0.12)
-    payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    del payload["filter_gamma"]
+def test_calibration_record_survives_saving(tmp_path, mapper, tiny_store):
+    record = Calibration(0.3, 0.12, pd.DataFrame({"gamma": [0.0, 0.3], "H": [0.1, 0.2]}), layer=tiny_store.layer,
+                         settings=ExplainSettings(p=6).scoring(), vocabulary="concepts")
+    loaded = Mapper.load(mapper.calibrated(record).save(tmp_path / "m.pt"), tiny_store, shapes_space())
+    assert loaded.calibration == record and loaded.calibration.gammas == (0.3, 0.12)
+    assert loaded.calibration.table.equals(record.table)
+    assert Mapper.load(mapper.save(tmp_path / "raw.pt")).calibration is None
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)  # a checkpoint from before the record
+    del payload["calibration"]
+    payload.update(gamma=0.3, filter_gamma=None, gamma_table={"gamma": [0.3], "level": ["mask"], "k": [5]})
     torch.save(payload, tmp_path / "old.pt")
-    assert Mapper.load(tmp_path / "old.pt").filter_gamma is None
+    legacy = Mapper.load(tmp_path / "old.pt").calibration
+    assert (legacy.gammas, legacy.level, legacy.k, legacy.settings) == ((0.3, 0.3), "mask", 5, None)
+    with pytest.raises(ValueError, match="layer 'features.4'"):
+        mapper.calibrated(Calibration(0.1, None, layer="features.4"))
 
 
 def test_missing_concept_words_are_reported(tiny_store):
@@ -90,25 +96,25 @@ def test_missing_concept_words_are_reported(tiny_store):
 def test_weak_labels_widen_the_label_space_but_never_name_annotated_concepts(tiny_store):
     space = shapes_space()
     weak = pd.DataFrame({"image": [0, 1, 2, 3, 4, 5], "label": ["dog", "car", "red car", "tree", "dog", "music"]})
-    trainer = ExplainerTrainer(tiny_store, space, seen=SEEN, weak_labels=weak, max_epochs=3, show_progress=False)
+    trainer = ExplainerTrainer(tiny_store, space, TrainingConfig(seen=SEEN, max_epochs=3), weak_labels=weak,
+                               show_progress=False)
     assert trainer.weak_names == ["car", "dog", "music", "tree"]  # "red car" shares "red" with a concept
     assert set(trainer.weak["label"]) == set(trainer.weak_names) and len(trainer.weak) == 5
     mapper = trainer.fit()
     assert mapper.seen == sorted(SEEN) and "dog" not in mapper.concepts
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="columns 'image' and 'label'"):
         ExplainerTrainer(tiny_store, space, weak_labels=pd.DataFrame({"image": [0]}), show_progress=False)
 
 
-def test_weighted_loss_equals_mean_for_unit_weights(tiny_store):
-    trainer = ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, show_progress=False)
+def test_weighted_loss_equals_mean_for_unit_weights():
     vectors = torch.nn.functional.normalize(torch.randn(4, 50), dim=1)
     labels = torch.nn.functional.normalize(torch.randn(3, 50), dim=1)
     positives = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
-    plain = trainer._loss(vectors, positives, labels)
-    assert torch.allclose(plain, trainer._loss(vectors, positives, labels, torch.ones(4)))
+    plain = ranking_loss(vectors, positives, labels, 1.0)
+    assert torch.allclose(plain, ranking_loss(vectors, positives, labels, 1.0, torch.ones(4)))
     cos = vectors @ labels.T
     expected = (1.0 - cos[0, 0] + cos[0, 1]).clamp_min(0) + (1.0 - cos[0, 0] + cos[0, 2]).clamp_min(0)
-    weighted = trainer._loss(vectors, positives, labels, torch.tensor([1.0, 0, 0, 0]))
+    weighted = ranking_loss(vectors, positives, labels, 1.0, torch.tensor([1.0, 0, 0, 0]))
     assert torch.allclose(weighted, expected)
 
 
@@ -129,7 +135,7 @@ class _RednessClassifier(torch.nn.Module):
 
 
 def test_region_labels_classify_a_crop_around_each_region(tiny_store, shapes):
-    from lavise_nb.mapper import region_labels
+    from lavise_nb.labels import region_labels
     from lavise_nb.probe import wrap_model
 
     model = wrap_model(_RednessClassifier(), shapes.preprocess, "redness")
@@ -144,13 +150,13 @@ def test_region_labels_classify_a_crop_around_each_region(tiny_store, shapes):
 
 
 def test_region_weak_labels_train_on_the_regions_pooled_features(tiny_store):
-    trainer = ExplainerTrainer(tiny_store, shapes_space(), seen=SEEN, show_progress=False,
+    trainer = ExplainerTrainer(tiny_store, shapes_space(), TrainingConfig(seen=SEEN), show_progress=False,
                                weak_labels=pd.DataFrame({"image": [0, 1], "label": ["dog", "car"]}))
     pairs = trainer.pairs.head(3)
     weak = pd.DataFrame({"image": list(pairs["image"]) + [5], "object": list(pairs["object"]) + [None]})
     pooled = trainer.pooled()
-    features = trainer._weak_features(weak, pooled)
+    features = trainer.weak_features(weak, pooled)
     assert torch.equal(features[:3], pooled[torch.tensor(pairs["pair"].to_numpy())])
     assert torch.allclose(features[3], tiny_store.features([5]).mean(dim=(2, 3))[0])
     with pytest.raises(ValueError, match="region_labels"):
-        trainer._weak_features(pd.DataFrame({"image": [0], "object": [10 ** 6]}), pooled)
+        trainer.weak_features(pd.DataFrame({"image": [0], "object": [10 ** 6]}), pooled)

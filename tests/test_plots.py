@@ -11,13 +11,13 @@ from matplotlib.figure import Figure
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.plots import KIND_STYLE, filter_card, filter_summary, lookup_bars, recall_bars, training_curves
 from tests.conftest import COLOUR_FILTERS
+from lavise_nb.config import ExplainSettings
 
 
 
 @pytest.fixture(scope="module")
 def explainer(tiny_store, mapper, space):
-    return FilterExplainer(tiny_store, mapper, space, vocabulary=["dog", "car", "purple"], attention="soft_mask",
-                           p=6, s=3, top_words=6)
+    return FilterExplainer(tiny_store, mapper, space, ["dog", "car", "purple"], ExplainSettings(attention="soft_mask", p=6, s=3, top_words=6))
 
 
 @pytest.fixture(scope="module")

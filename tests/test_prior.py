@@ -13,6 +13,7 @@ from lavise_nb.mapper import Mapper
 from lavise_nb.prior import ClassPrior
 from lavise_nb.probe import wrap_model
 from tests.conftest import COLOUR_FILTERS, planted_net
+from lavise_nb.config import CalibrationSettings, ExplainSettings
 
 COLOURS = list(COLOUR_FILTERS)
 
@@ -41,7 +42,7 @@ def red_pairs(explainer):
 
 
 def test_region_prior_names_the_colour_the_filter_fires_on(tiny_store, mapper, space, shapes, classifier):
-    pairs = red_pairs(FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False))
+    pairs = red_pairs(FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)))
     region = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, show_progress=False)
     whole = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, source="image",
                        show_progress=False)
@@ -61,7 +62,7 @@ def test_region_prior_names_the_colour_the_filter_fires_on(tiny_store, mapper, s
 
 
 def test_predictions_are_cached_and_resume(tiny_store, mapper, space, shapes, classifier, tmp_path):
-    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False).pairs()
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)).pairs()
     store = copy.copy(tiny_store)
     store.path = tmp_path / "store"  # a fresh cache beside a copy of the store
     store.path.mkdir()
@@ -88,7 +89,7 @@ def test_a_strong_prior_moves_the_filters_words(tiny_store, mapper, space, shape
 
     def firsts(weight):
         prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, weight=weight, show_progress=False)
-        explained = FilterExplainer(tiny_store, scrambled, space, "concepts", calibrated=False,
+        explained = FilterExplainer(tiny_store, scrambled, space, "concepts", ExplainSettings(calibrated=False),
                                     prior=prior).explain(filters)
         return explained[explained["rank"] == 1]["word"].tolist()
 
@@ -99,25 +100,30 @@ def test_a_strong_prior_moves_the_filters_words(tiny_store, mapper, space, shape
 def test_calibration_records_its_prior_and_explainers_check_it(tiny_store, mapper, space, shapes, classifier,
                                                                tmp_path):
     prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False)
-    tuned = copy.copy(mapper)
-    GammaCalibration(tiny_store, space, tuned, gammas=[0.0, 0.1, 0.2], p=6, prior=prior).fit()
-    assert tuned.prior == prior.settings
+    grid = CalibrationSettings(gammas=[0.0, 0.1, 0.2])
+    settings = ExplainSettings(p=6)
+    record = GammaCalibration(tiny_store, mapper, space, settings, calibration=grid, prior=prior).fit()
+    assert record.prior == prior.settings and mapper.calibration is None
+    tuned = mapper.calibrated(record)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        FilterExplainer(tiny_store, tuned, space, "concepts", settings, prior=prior)
+    with pytest.warns(UserWarning, match="class prior none"):
+        FilterExplainer(tiny_store, tuned, space, "concepts", settings)
+    with pytest.warns(UserWarning, match=r"p=25 \(tuned with 6\)"):
         FilterExplainer(tiny_store, tuned, space, "concepts", prior=prior)
-    with pytest.warns(UserWarning, match="tuned with .* class prior"):
-        FilterExplainer(tiny_store, tuned, space, "concepts")
-    plain = copy.copy(mapper)
-    GammaCalibration(tiny_store, space, plain, gammas=[0.0, 0.1, 0.2], p=6).fit()
-    with pytest.warns(UserWarning, match="tuned without a class prior"):
-        FilterExplainer(tiny_store, plain, space, "concepts", prior=prior)
+    with pytest.warns(UserWarning, match="vocabulary 'custom'"):
+        FilterExplainer(tiny_store, tuned, space, ["dog", "car"], settings, prior=prior)
+    plain = mapper.calibrated(GammaCalibration(tiny_store, mapper, space, settings, calibration=grid).fit())
+    with pytest.warns(UserWarning, match="tuned with none"):
+        FilterExplainer(tiny_store, plain, space, "concepts", settings, prior=prior)
     with warnings.catch_warnings():  # a mapper never calibrated has no gamma to mismatch
         warnings.simplefilter("error")
         FilterExplainer(tiny_store, mapper, space, "concepts", prior=prior)
     loaded = Mapper.load(tuned.save(tmp_path / "mapper.pt"), tiny_store, space)
-    assert loaded.prior == prior.settings
+    assert loaded.calibration == record and loaded.calibration.table.equals(record.table)
     with pytest.raises(ValueError, match="level='filter'"):
-        GammaCalibration(tiny_store, space, tuned, level="mask", prior=prior)
+        GammaCalibration(tiny_store, tuned, space, calibration=CalibrationSettings(level="mask"), prior=prior)
 
 
 def test_bad_settings_are_reported(tiny_store, mapper, space, shapes, classifier):
@@ -125,7 +131,8 @@ def test_bad_settings_are_reported(tiny_store, mapper, space, shapes, classifier
         ClassPrior(classifier, shapes, space, class_names=COLOURS, source="crop")
     with pytest.raises(ValueError, match="top must be between 1 and 4"):
         ClassPrior(classifier, shapes, space, class_names=COLOURS, top=50)
-    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False).pairs().iloc[:4]
+    raw = ExplainSettings(calibrated=False)
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", raw).pairs().iloc[:4]
     wrong = ClassPrior(classifier, shapes, space, class_names=COLOURS + ["purple"], show_progress=False)
     store = copy.copy(tiny_store)
     with pytest.raises(ValueError, match="4 outputs but 5 class names"):
@@ -133,7 +140,7 @@ def test_bad_settings_are_reported(tiny_store, mapper, space, shapes, classifier
 
 
 def test_whole_image_source_classifies_each_image_once(tiny_store, mapper, space, shapes, classifier, tmp_path):
-    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", calibrated=False).pairs()
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)).pairs()
     store = copy.copy(tiny_store)
     store.path = tmp_path / "store"
     store.path.mkdir()

@@ -8,6 +8,7 @@ from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import ExplainerTrainer, pair_table, pooled_pairs
 from lavise_nb.store import ActivationStore, ConcatRows, _histogram_quantiles, _TailHistogram
 from tests.helpers import shapes_space
+from lavise_nb.config import ExplainSettings, TrainingConfig
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +77,9 @@ def test_mapper_and_explainer_work_on_a_merged_store(single, merged):
     assert pair_table(merged).equals(pair_table(single))
     assert torch.equal(pooled_pairs(merged, pair_table(merged)), pooled_pairs(single, pair_table(single)))
     space = shapes_space()
-    mapper = ExplainerTrainer(single, space, seed=0, max_epochs=2, show_progress=False).fit()
-    a = FilterExplainer(single, mapper, space, vocabulary="concepts", p=5, s=2).explain()
-    b = FilterExplainer(merged, mapper, space, vocabulary="concepts", p=5, s=2).explain()
+    mapper = ExplainerTrainer(single, space, TrainingConfig(seed=0, max_epochs=2), show_progress=False).fit()
+    a = FilterExplainer(single, mapper, space, "concepts", ExplainSettings(p=5, s=2)).explain()
+    b = FilterExplainer(merged, mapper, space, "concepts", ExplainSettings(p=5, s=2)).explain()
     assert a.equals(b)
 
 

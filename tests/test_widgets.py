@@ -14,11 +14,12 @@ from lavise_nb.widgets import filter_browser, lookup_widget, training_monitor
 from tests.conftest import COLOUR_FILTERS
 
 from tests.conftest import SEEN_SHAPES as SEEN
+from lavise_nb.config import ExplainSettings, TrainingConfig
 
 
 @pytest.fixture(scope="module")
 def explainer(tiny_store, mapper, space):
-    return FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", attention="soft_mask", p=6, s=3)
+    return FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(attention="soft_mask", p=6, s=3))
 
 
 def _shown(obj):
@@ -31,8 +32,7 @@ def _shown(obj):
 
 def test_training_monitor_follows_the_callback(tiny_store, space):
     monitor = training_monitor(max_epochs=5, interactive=True, show_progress=False)
-    mapper = ExplainerTrainer(tiny_store, space, seen=SEEN, margin=0.1, dropout=0.1, max_epochs=5, show_progress=False
-                              ).fit(callback=monitor.callback)
+    mapper = ExplainerTrainer(tiny_store, space, TrainingConfig(seen=SEEN, margin=0.1, dropout=0.1, max_epochs=5), show_progress=False).fit(callback=monitor.callback)
     assert len(monitor.history) == len(mapper.history) == 5
     pd.testing.assert_frame_equal(monitor.history, mapper.history.drop(columns="best"))
     assert monitor.status().startswith("epoch 5/5")
@@ -42,8 +42,7 @@ def test_training_monitor_follows_the_callback(tiny_store, space):
 
 def test_training_monitor_static_mode_shows_one_figure(tiny_store, space):
     monitor = training_monitor(interactive=False, show_progress=False)
-    mapper = ExplainerTrainer(tiny_store, space, seen=SEEN, max_epochs=3, show_progress=False
-                              ).fit(callback=monitor.callback)
+    mapper = ExplainerTrainer(tiny_store, space, TrainingConfig(seen=SEEN, max_epochs=3), show_progress=False).fit(callback=monitor.callback)
     monitor.finish(mapper.history)
     outputs = _shown(monitor)
     assert sum("image/png" in o.data for o in outputs) == 1
@@ -95,8 +94,8 @@ def test_lookup_widget(explainer):
 
 def test_calibration_compare_shows_both_rankings(tiny_store, mapper, space):
     from lavise_nb.widgets import calibration_compare
-    raw = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=False)
-    calibrated = FilterExplainer(tiny_store, mapper, space, vocabulary="concepts", p=6, s=3, calibrated=0.5)
+    raw = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, s=3, calibrated=False))
+    calibrated = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, s=3, calibrated=0.5))
     ui = calibration_compare(raw, calibrated, filters=[0, 1, 2], interactive=False)
     result = ui.select(0)
     expected_raw = raw.explain([0])
