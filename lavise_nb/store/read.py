@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 
-from ._utils.cache import cache_dir
-from ._utils.progress import progress
-from ._utils.version import VERSION
-from .probe import LayerProbe, TargetModel, resolve_device
+from .._utils.cache import cache_dir
+from .._utils.progress import progress
+from .._utils.version import VERSION
+from ..probe import LayerProbe, TargetModel, resolve_device
 
 __all__ = ["ActivationStore", "ConcatRows", "store_key"]
 
@@ -265,7 +265,7 @@ class _StoreCollate:
         self.offset = offset
 
     def __call__(self, samples: list) -> dict:
-        from .datasets import collate_samples
+        from ..datasets import collate_samples
 
         batch = collate_samples(samples)
         batch["part"] = _mask_part(batch, self.map_size, self.offset)
