@@ -52,8 +52,8 @@ from lavise_nb import ActivationStore, ExplainerTrainer, FilterExplainer, load_w
 from lavise_nb.datasets import collate_samples  # noqa: E402
 from lavise_nb.mapper import ExplainerHead, pool_features  # noqa: E402
 from lavise_nb.probe import LayerProbe, resolve_device  # noqa: E402
-from lavise_nb.store import _load_histogram, _histogram_quantiles  # noqa: E402
-from lavise_nb.config import ExplainSettings
+from lavise_nb.config import ExplainSettings  # noqa: E402
+from lavise_nb.store.thresholds import TailHistogram, histogram_quantiles, load_histogram  # noqa: E402
 
 TARGETS = {
     "store_vs_forward": (">=", 0.9),
@@ -352,12 +352,11 @@ def main() -> None:
             flat = exact_acts.transpose(1, 0, 2, 3).reshape(exact_acts.shape[1], -1)
             exact = np.quantile(flat, store.manifest["quantile"], axis=1).astype(np.float32)
         error = np.abs(store.thresholds - exact)
-        histogram = _load_histogram(store.path)
+        histogram = load_histogram(store.path)
         with Timer() as quantile_timer:
-            _histogram_quantiles(histogram["floors"], histogram["below"], histogram["counts"],
-                                 store.manifest["quantile"])
-        from lavise_nb.store import _TailHistogram
-        hist = _TailHistogram(store.shape[1], device)
+            histogram_quantiles(histogram["floors"], histogram["below"], histogram["counts"],
+                                store.manifest["quantile"])
+        hist = TailHistogram(store.shape[1], device)
         halves = torch.from_numpy(np.array(store.activations))
         with Timer(device) as hist_timer:
             for lo in range(0, n, args.batch_size):

@@ -6,7 +6,7 @@ import torch
 
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.probe import LayerProbe, wrap_model
-from lavise_nb.store import ActivationStore
+from lavise_nb.store import ActivationStore, BuildInterrupted
 from tests.conftest import RED_FILTER, planted_net
 
 
@@ -89,10 +89,11 @@ def test_changed_key_builds_a_new_store(tiny_store, tiny_model, shapes):
 
 def test_interrupted_build_resumes_and_equals_a_full_build(tmp_path, tiny_model):
     data = ShapesWorld(50, seed=4)
-    partial = ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "a", batch_size=8,
-                                    num_workers=0, show_progress=False, max_batches=3)
-    assert partial is None
-    folder = next((tmp_path / "a").iterdir())
+    with pytest.raises(BuildInterrupted) as stopped:
+        ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "a", batch_size=8,
+                              num_workers=0, show_progress=False, max_batches=3)
+    folder = stopped.value.path
+    assert folder.parent == tmp_path / "a" and (stopped.value.done, stopped.value.total) == (24, 50)
     assert not (folder / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="not a complete"):
         ActivationStore.open(folder)

@@ -6,7 +6,8 @@ import torch
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import ExplainerTrainer, pair_table, pooled_pairs
-from lavise_nb.store import ActivationStore, ConcatRows, _histogram_quantiles, _TailHistogram
+from lavise_nb.store import ActivationStore, ConcatRows
+from lavise_nb.store.thresholds import TailHistogram, histogram_quantiles
 from tests.helpers import shapes_space
 from lavise_nb.config import ExplainSettings, TrainingConfig
 
@@ -59,7 +60,8 @@ def test_merged_store_equals_a_single_build(single, merged):
     assert merged.objects.equals(single.objects)
     assert merged.index.equals(single.index)
     np.testing.assert_array_equal(merged.top_indices(p=10), single.top_indices(p=10))
-    np.testing.assert_array_equal(np.asarray(merged._masks), np.asarray(single._masks))
+    np.testing.assert_array_equal(np.asarray(merged.packed_masks), np.asarray(single.packed_masks))
+    np.testing.assert_array_equal(np.asarray(merged.packed_masks_small), np.asarray(single.packed_masks_small))
     rows = np.array([69, 0, 36, 35, 34, 12, 36])
     np.testing.assert_array_equal(merged.activations[rows], single.activations[rows])
     np.testing.assert_array_equal(merged.activations[rows, 2:5], single.activations[rows, 2:5])
@@ -97,15 +99,15 @@ def test_tail_histogram_quantiles_are_exact_and_fall_back_below_the_floor():
     first = torch.from_numpy(rng.normal(0, 1, (8, 5, 4, 4)).astype(np.float16))
     later = torch.from_numpy(rng.normal(0, 1, (400, 5, 4, 4)).astype(np.float16))
     first[:, 4] += 6                      # channel 4: the first batch sets a floor far too high
-    hist = _TailHistogram(5, "cpu")
+    hist = TailHistogram(5, "cpu")
     hist.add(first, 0.995)
     hist.add(later, 0.995)
     state = hist.state()
-    values, unresolved = _histogram_quantiles(state["floors"], state["below"], state["counts"].astype(np.int64),
-                                              0.995)
+    values, unresolved = histogram_quantiles(state["floors"], state["below"], state["counts"].astype(np.int64),
+                                             0.995)
     channel, bins = np.nonzero(state["counts"])
     sparse = (channel, bins.astype(np.uint16), state["counts"][channel, bins])
-    again, _ = _histogram_quantiles(state["floors"], state["below"], sparse, 0.995)
+    again, _ = histogram_quantiles(state["floors"], state["below"], sparse, 0.995)
     np.testing.assert_array_equal(values, again)
     allv = torch.cat([first, later]).float().numpy().transpose(1, 0, 2, 3).reshape(5, -1)
     expected = np.quantile(allv, 0.995, axis=1)

@@ -1,0 +1,340 @@
+"""Reading an activation store: :class:`ActivationStore` and the :class:`ConcatRows` view.
+
+See :mod:`lavise_nb.store.format` for the files of a store and
+:mod:`lavise_nb.store.build` for building and merging one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..probe import TargetModel
+from .masks import unpack_masks
+
+__all__ = ["ActivationStore", "ConcatRows"]
+
+
+class ConcatRows:
+    """A read-only view that concatenates arrays (the shards' memory maps) along the first axis.
+
+    Supports what the toolkit uses: ``view[i]``, ``view[i, f]``, ``view[rows]``,
+    ``view[rows, c0:c1]``, ``view[a:b]``, ``np.asarray(view)``, ``.shape``, ``.dtype``, ``len``.
+    Indexing returns numpy arrays (only the requested rows are read).
+    """
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        if not self.parts:
+            raise ValueError("ConcatRows needs at least one array")
+        tail = {tuple(p.shape[1:]) for p in self.parts}
+        dtypes = {np.dtype(p.dtype) for p in self.parts}
+        if len(tail) != 1 or len(dtypes) != 1:
+            raise ValueError(f"arrays differ in trailing shape or dtype: {tail}, {dtypes}")
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.starts[-1]), *tail.pop())
+        self.dtype = dtypes.pop()
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ConcatRows(shape={self.shape}, dtype={self.dtype}, parts={len(self.parts)})"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([np.asarray(p) for p in self.parts])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        n = self.shape[0]
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} rows")
+        i %= n
+        part = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return part, i - int(self.starts[part])
+
+    def __getitem__(self, key):
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if first is Ellipsis:
+            first, rest = slice(None), (Ellipsis, *rest)
+        if isinstance(first, (int, np.integer)):
+            part, local = self._locate(int(first))
+            return self.parts[part][(local, *rest)]
+        if isinstance(first, slice):
+            start, stop, step = first.indices(self.shape[0])
+            if step == 1:
+                pieces = []
+                for k, part in enumerate(self.parts):
+                    lo, hi = max(start, self.starts[k]), min(stop, self.starts[k + 1])
+                    if lo < hi:
+                        pieces.append(np.asarray(part[(slice(lo - self.starts[k], hi - self.starts[k]), *rest)]))
+                if pieces:
+                    return np.concatenate(pieces)
+                rows = np.zeros(0, dtype=np.int64)
+            else:
+                rows = np.arange(start, stop, step)
+        else:
+            rows = np.asarray(first)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64).reshape(-1)
+        n = self.shape[0]
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        rows = rows % n if n else rows
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out = None
+        for k in np.unique(which):
+            sel = np.flatnonzero(which == k)
+            block = np.asarray(self.parts[k][(rows[sel] - self.starts[k], *rest)])
+            if out is None:
+                out = np.empty((len(rows), *block.shape[1:]), dtype=block.dtype)
+            out[sel] = block
+        if out is None:
+            probe = np.asarray(self.parts[0][(np.zeros(0, dtype=np.int64), *rest)])
+            out = probe
+        return out
+
+
+class ActivationStore:
+    """A built (or opened) activation store; :mod:`lavise_nb.store.format` lists its files.
+
+    Use :meth:`build` to make or reuse one, :meth:`open` to read one and :meth:`merge`
+    to combine shards.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    manifest : dict
+    activations : numpy.ndarray or ConcatRows
+        (N, C, h, w) memory-mapped, read-only (a :class:`ConcatRows` view of the shards'
+        memory maps for a merged store).
+    maxima : numpy.ndarray
+        (N, C) float32 max over space per image and filter.
+    thresholds : numpy.ndarray
+        (C,) float32, T_u with P(a_u > T_u) = 1 - quantile over all spatial positions.
+    index : pandas.DataFrame
+        One row per image, in dataset order.
+    objects : pandas.DataFrame
+        One row per (image, concept) mask.
+    packed_masks : numpy.ndarray or ConcatRows
+        (n_objects, ceil(S*S/8)) uint8, memory-mapped: each object's bool mask at the input
+        size S, flattened row-major and packed with ``np.packbits``
+        (:meth:`object_masks` unpacks them).
+    packed_masks_small : numpy.ndarray or ConcatRows
+        (n_objects, h, w) float32, memory-mapped: the masks area-averaged to the map size
+        (:meth:`object_masks_small` reads them as a tensor).
+    shard_paths : list of pathlib.Path or None
+        A merged store's shard folders.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a complete activation store (no manifest.json); "
+                "build it with ActivationStore.build(...)"
+            )
+        self.manifest = json.loads(manifest.read_text())
+        shards = self.manifest.get("shards")
+        if shards:
+            paths = [(self.path / shard).resolve() for shard in shards]
+            missing = [str(q) for q in paths if not (q / "manifest.json").is_file()]
+            if missing:
+                raise FileNotFoundError(f"{self.path} lists shards that are missing or incomplete: {missing}")
+            parts = [np.load(q / "activations.npy", mmap_mode="r") for q in paths]
+            self.activations = ConcatRows(parts)
+            self.packed_masks = ConcatRows([np.load(q / "object_masks.npy", mmap_mode="r") for q in paths])
+            self.packed_masks_small = ConcatRows([np.load(q / "object_masks_small.npy", mmap_mode="r") for q in paths])
+            self.shard_paths = paths
+        else:
+            self.activations = np.load(self.path / "activations.npy", mmap_mode="r")
+            self.packed_masks = np.load(self.path / "object_masks.npy", mmap_mode="r")
+            self.packed_masks_small = np.load(self.path / "object_masks_small.npy", mmap_mode="r")
+            self.shard_paths = None
+        self.maxima = np.load(self.path / "maxima.npy", mmap_mode="r")
+        self.thresholds = np.load(self.path / "thresholds.npy")
+        self.index = pd.read_parquet(self.path / "index.parquet")
+        self.objects = pd.read_parquet(self.path / "objects.parquet")
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ActivationStore":
+        """Open a complete store read-only."""
+        return cls(path)
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.shape
+        return (f"ActivationStore({self.manifest['model_name']} {self.layer!r}: {n} images x "
+                f"{c} filters x {h}x{w}, {len(self.objects)} object masks, at {self.path})")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, C, h, w)."""
+        return tuple(self.activations.shape)
+
+    @property
+    def layer(self) -> str:
+        return self.manifest["key"]["layer"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def concepts(self) -> list[str]:
+        """Sorted concept names that have at least one mask in the store."""
+        return sorted(self.objects["concept"].unique())
+
+    @property
+    def stuff(self) -> list[str]:
+        """Concepts whose supercategory is "background" (scene "stuff", not objects)."""
+        groups = self.manifest.get("supercategories", {})
+        return sorted(c for c in self.concepts if groups.get(c) == "background")
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) bool, images that were read and passed through the model."""
+        return self.index["valid"].to_numpy()
+
+    def features(self, images, device="cpu") -> torch.Tensor:
+        """Activations of some images as float32, (len(images), C, h, w).
+
+        Each distinct image is read once, in file order (repeated images cost nothing extra).
+        """
+        rows = np.asarray(images, dtype=np.int64).reshape(-1)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        block = torch.from_numpy(np.ascontiguousarray(self.activations[unique]))
+        block = block.to(device).float() if torch.device(device).type != "cpu" else block.float()
+        if len(unique) == len(rows) and np.array_equal(unique, rows):
+            return block
+        return block[torch.from_numpy(inverse.reshape(-1)).to(block.device)]
+
+    def top_indices(self, p: int = 25, filters=None) -> np.ndarray:
+        """Indices of the p images with the highest max activation, per filter.
+
+        Returns
+        -------
+        numpy.ndarray
+            (len(filters), p) int64, best first; ties broken by image order.
+        """
+        maxima = np.asarray(self.maxima, dtype=np.float32)
+        if filters is not None:
+            maxima = maxima[:, np.asarray(filters)]
+        p = min(p, maxima.shape[0])
+        order = np.argsort(-maxima, axis=0, kind="stable")[:p]
+        return order.T.copy()
+
+    def activation_map(self, image: int, filter: int, size: int | None = None) -> torch.Tensor:
+        """One filter's map for one image, bilinearly upsampled to ``size`` (default: input size).
+
+        Returns
+        -------
+        torch.Tensor
+            (size, size) float32.
+        """
+        size = size or self.image_size
+        amap = torch.from_numpy(np.asarray(self.activations[image, filter], dtype=np.float32))
+        return F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+
+    def object_masks(self, objects) -> torch.Tensor:
+        """Full-size masks of some objects, (n, S, S) bool."""
+        rows = np.asarray(objects, dtype=np.int64)
+        return unpack_masks(np.asarray(self.packed_masks[rows]), self.image_size)
+
+    def object_masks_small(self, objects=None) -> torch.Tensor:
+        """Masks area-averaged to the map size, (n, h, w) float32 in [0, 1]."""
+        if objects is None:
+            return torch.from_numpy(np.asarray(self.packed_masks_small, dtype=np.float32))
+        return torch.from_numpy(np.asarray(self.packed_masks_small[np.asarray(objects)], dtype=np.float32))
+
+
+    @classmethod
+    def build(cls, model: TargetModel, layer: str, dataset, root: str | Path | None = None, *,
+              batch_size: int = 64, num_workers: int | None = None, device="auto",
+              dtype: str = "float16", quantile: float = 0.995, amp: bool = False,
+              show_progress: bool = True, max_batches: int | None = None,
+              shard: tuple[int, int] | None = None) -> "ActivationStore":
+        """Build the store of ``model``'s ``layer`` over ``dataset``, or reuse a matching one.
+
+        One pass over the data: activations are written as they come (plain file writes, so
+        resident memory does not grow with the dataset), maxima are taken in float32 and the
+        thresholds come from a streaming histogram of the stored float16 values (exact).
+        An interrupted build resumes from its last complete batch.
+
+        Parameters
+        ----------
+        model : TargetModel
+        layer : str
+            Dotted layer name.
+        dataset : torch.utils.data.Dataset
+            Follows the sample contract of :mod:`lavise_nb.datasets`.
+        root : path, optional
+            Parent folder of stores (default: the cache's ``stores/``). The store's
+            own folder name holds the key's hash, so different keys never collide.
+        batch_size, num_workers : int
+            DataLoader settings (workers default to ``min(2, cpu count)``).
+        device : str
+            ``"auto"`` (cuda when present), ``"cpu"`` or ``"cuda"``.
+        dtype : str
+            ``"float16"`` (default) or ``"float32"`` storage for activations.
+        quantile : float
+            Threshold quantile; 0.995 gives P(a_u > T_u) = 0.005 as Network Dissection.
+        amp : bool
+            Autocast extraction to float16 on cuda.
+        max_batches : int, optional
+            Write at most this many batches in all (used to test resuming); when that stops
+            the build before its last image, :class:`~lavise_nb.store.build.BuildInterrupted`
+            is raised and building again resumes.
+        shard : (i, n), optional
+            Build only shard ``i`` of ``n``: the contiguous image range
+            ``[i * N // n, (i + 1) * N // n)``, into its own folder (same key, plus the shard
+            in the folder name and manifest). Combine the shards with :meth:`merge`.
+
+        Returns
+        -------
+        ActivationStore
+            The complete store.
+
+        Raises
+        ------
+        BuildInterrupted
+            ``max_batches`` stopped the build before its last image.
+        RuntimeError
+            The store's folder holds a complete store with another key.
+        """
+        from .build import build_store
+
+        return cls(build_store(model, layer, dataset, root, batch_size=batch_size, num_workers=num_workers,
+                               device=device, dtype=dtype, quantile=quantile, amp=amp,
+                               show_progress=show_progress, max_batches=max_batches, shard=shard))
+
+    @classmethod
+    def merge(cls, shard_paths, out_path: str | Path) -> "ActivationStore":
+        """Combine shard stores (built with ``build(..., shard=(i, n))``) into one store.
+
+        ``out_path`` gets a manifest that lists the shards (relative paths when possible),
+        the concatenated index, objects and maxima (image and object numbers offset), and
+        thresholds recomputed over all shards (from their histograms: no pass over the
+        activations for float16 stores). Activations and masks stay in the shard folders
+        and are read through :class:`ConcatRows` views; keep the shards next to it.
+        :meth:`open` on ``out_path`` gives the merged store.
+
+        Raises
+        ------
+        ValueError
+            No shards, a store that is not a shard, different keys or activation shapes, or
+            shards that do not cover the dataset contiguously.
+        """
+        from .build import merge_shards
+
+        return cls(merge_shards(shard_paths, out_path))
