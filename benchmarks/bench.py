@@ -30,6 +30,7 @@ What is measured (N = ``--n`` images, default 200):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -50,7 +51,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from lavise_nb import ActivationStore, ExplainerTrainer, FilterExplainer, load_word_space  # noqa: E402
 from lavise_nb.datasets import collate_samples  # noqa: E402
-from lavise_nb.mapper import ExplainerHead, pool_features  # noqa: E402
+from lavise_nb.mapper import ExplainerHead, pool_features, ranking_loss  # noqa: E402
 from lavise_nb.probe import LayerProbe, resolve_device  # noqa: E402
 from lavise_nb.config import ExplainSettings  # noqa: E402
 from lavise_nb.store.thresholds import TailHistogram, histogram_quantiles, load_histogram  # noqa: E402
@@ -105,7 +106,7 @@ def reference_explain(model, data, store, explainer: FilterExplainer, filters, d
 
     Returns the seconds spent. The network is stopped after the layer (generous to the reference).
     """
-    mapper, p, s = explainer.mapper, explainer.p, explainer.s
+    mapper, p, s = explainer.mapper, explainer.settings.p, explainer.settings.s
     vectors = explainer.vectors.to(device)
     bias = explainer.seen_offsets(explainer.filter_gamma).to(device)
     head = mapper.head.to(device).eval()
@@ -129,14 +130,15 @@ def reference_explain(model, data, store, explainer: FilterExplainer, filters, d
                         scores = (head(pooled) @ vectors.T - bias)[0]
                     for word in scores.topk(s).indices.tolist():
                         votes[word] = votes.get(word, 0.0) + activation
-            sorted(votes.items(), key=lambda kv: -kv[1])[:explainer.top_words]
+            sorted(votes.items(), key=lambda kv: -kv[1])[:explainer.settings.top_words]
     head.cpu()
     return timer.seconds
 
 
 def toolkit_explain(store, mapper, space, device) -> tuple[float, FilterExplainer]:
     with Timer(device) as timer:
-        explainer = FilterExplainer(store, mapper, space, "concepts", ExplainSettings(method="attention", p=25, s=5), device=device)
+        settings = ExplainSettings(method="attention", p=25, s=5)
+        explainer = FilterExplainer(store, mapper, space, "concepts", settings, device=device)
         table = explainer.explain()
     assert table["filter"].nunique() == store.shape[1]
     return timer.seconds, explainer
@@ -183,7 +185,7 @@ def reference_epoch(model, data, trainer: ExplainerTrainer, batch_size, workers,
             for chunk in torch.arange(int(keep.sum()), device=device).split(cfg.batch_size):
                 if len(chunk) < 2:
                     continue
-                loss = trainer._loss(head(pooled[keep][chunk]), positives[keep][chunk], seen_vectors)
+                loss = ranking_loss(head(pooled[keep][chunk]), positives[keep][chunk], seen_vectors, cfg.margin)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -192,7 +194,7 @@ def reference_epoch(model, data, trainer: ExplainerTrainer, batch_size, workers,
 
 def toolkit_epoch(trainer: ExplainerTrainer, epochs: int = 3) -> float:
     """Seconds per epoch of ExplainerTrainer.fit from the store (pooled features already computed)."""
-    trainer.config.max_epochs, trainer.config.patience = epochs, epochs + 1
+    trainer.config = dataclasses.replace(trainer.config, max_epochs=epochs, patience=epochs + 1)
     start = time.perf_counter()
     trainer.fit()
     return (time.perf_counter() - start) / epochs

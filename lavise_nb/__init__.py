@@ -16,6 +16,7 @@ The public surface, one noun per module:
 - :mod:`~lavise_nb.calibration`: ``GammaCalibration`` -> ``Calibration`` (calibrated stacking)
 - :mod:`~lavise_nb.prior`: ``ClassPrior`` (the model's own predictions for a filter's region)
 - :mod:`~lavise_nb.evaluate`: recall@k against ground truth, ``MethodComparison`` with baselines
+- :mod:`~lavise_nb.reference`: ``Reference.load(ReferenceSpec(...))``, the notebooks' shared setup
 - :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
 - :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
 """
@@ -29,6 +30,7 @@ from .explain import FilterExplainer
 from .labels import imagenet_classes
 from .mapper import ExplainerTrainer, Mapper
 from .prior import ClassPrior
+from .reference import Reference, ReferenceSpec
 from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, wrap_model
 from .scenes import build_stamp_scenes, stamp_scenes
 from .store import ActivationStore
@@ -40,7 +42,7 @@ __version__ = VERSION
 __all__ = [
     "ActivationStore", "Calibration", "CalibrationSettings", "ClassPrior", "CocoDataset", "ExplainSettings",
     "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison", "ImageFolderDataset", "LayerProbe",
-    "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "ShapesWorld", "TargetModel", "TrainingConfig",
+    "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "Reference", "ReferenceSpec", "ShapesWorld", "TargetModel", "TrainingConfig",
     "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
     "hybrid_space", "imagenet_classes", "load_model", "load_word_space", "network_dissection", "null_groups",
     "planted_groups", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",

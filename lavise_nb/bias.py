@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["GroupComparison", "planted_groups", "null_groups", "pooled_features", "COMPARE_COLUMNS",
+__all__ = ["describe_planted", "GroupComparison", "planted_groups", "null_groups", "pooled_features", "COMPARE_COLUMNS",
            "CONCEPT_COLUMNS", "CLASSIFIER_COLUMNS", "PLANTED", "planted_recovery"]
 
 COMPARE_COLUMNS = ["layer", "filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high",
@@ -47,6 +47,16 @@ PLANTED = {
     "A": {"object_weights": {"animals": 3.0}, "background_weights": {"forest": 8.0}},
     "B": {"object_weights": {"vehicles": 10.0}, "background_weights": {"ocean": 4.0, "water": 4.0}},
 }
+
+
+def describe_planted(planted: dict, n_per_group: int) -> str:
+    """The planted difference in words, e.g. "group A: animals x3, forest backgrounds x8; ..." (``PLANTED`` form)."""
+    parts = []
+    for group, weights in planted.items():
+        terms = [f"{k} x{v:g}" for k, v in (weights.get("object_weights") or {}).items()]
+        terms += [f"{k} backgrounds x{v:g}" for k, v in (weights.get("background_weights") or {}).items()]
+        parts.append(f"group {group}: {', '.join(terms) or 'no reweighting'}")
+    return "; ".join(parts) + f" ({n_per_group} images each)"
 
 
 class BiasWarning(UserWarning):

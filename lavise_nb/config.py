@@ -185,12 +185,15 @@ class ExplainSettings:
             check_float("calibrated", self.calibrated)
         object.__setattr__(self, "image_k", max(self.s, self.image_k))
 
-    #: the fields a calibrated gamma depends on (not how many words are shown, nor batching)
-    SCORING = ("method", "attention", "p", "s", "voting", "temperature", "image_k", "hubness", "hubness_k")
-
     def scoring(self) -> dict:
-        """The settings a calibrated gamma depends on, as a plain dict."""
-        return {name: getattr(self, name) for name in self.SCORING}
+        """The settings a calibrated gamma depends on, as a plain dict (only those in effect:
+        ``s`` for top-s voting, ``temperature`` and ``image_k`` for softmax voting, ``attention`` for the
+        attention method, ``hubness_k`` for CSLS)."""
+        names = ["method", "p", "voting", "hubness"]
+        names += ["s"] if self.voting == "top_s" else ["temperature", "image_k"]
+        names += ["attention"] if self.method == "attention" else []
+        names += ["hubness_k"] if self.hubness is not None else []
+        return {name: getattr(self, name) for name in names}
 
     @property
     def name(self) -> str:

@@ -313,7 +313,7 @@ class MethodComparison:
             raise ValueError("methods is empty: give at least one (method, attention) pair")
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {BASELINES}")
-        store, model_name = self.store, self.store.manifest["key"]["model"]
+        store, model_name = self.store, self.store.manifest["model_name"]
         evaluator = RecallEvaluator(store, self.mapper.seen, self.mapper.unseen, stuff=store.stuff,
                                     iou_threshold=iou_threshold, ks=ks, show_progress=self.show_progress)
         tables, explained, pairs = [], [], None

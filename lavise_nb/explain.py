@@ -23,7 +23,7 @@ from .probe import LayerProbe, resolve_device
 from .regions import filter_maps
 from .words import Vocabulary
 
-__all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS"]
+__all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS", "hub_note"]
 
 EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images", "method", "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
@@ -379,3 +379,25 @@ class FilterExplainer:
             "query": phrase, "rank": np.arange(1, len(order) + 1), "filter": filters[order],
             "score": scores[order], "words": [words.get(f, "") for f in filters[order]],
         })
+
+
+def hub_note(explanations: pd.DataFrame, max_share: float = 0.5) -> str:
+    """A warning in words when one word is the first word of more than ``max_share`` of the filters.
+
+    Such a *hub* word says more about the mapper than about the filters (every
+    explanation vector lands near it), so word-level summaries of that layer are
+    weak evidence. Returns "" when no word dominates.
+
+    Parameters
+    ----------
+    explanations : pandas.DataFrame
+        :meth:`FilterExplainer.explain` rows (``rank``, ``word``).
+    max_share : float
+        Share of filters above which the first word counts as a hub (default: half).
+    """
+    firsts = explanations.loc[explanations["rank"] == 1, "word"].value_counts(normalize=True)
+    if not len(firsts) or firsts.iloc[0] <= max_share:
+        return ""
+    return (f"LaViSE names {firsts.iloc[0]:.0%} of the layer's filters '{firsts.index[0]}' first: a hub word of "
+            "this mapper, so the word-level view says little here; read the Network Dissection cross-check and the "
+            "example images.")

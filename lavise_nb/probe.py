@@ -278,7 +278,7 @@ def _torchvision(name: str, weights, random_init: bool) -> TargetModel:
 
 
 def load_model(name: str | nn.Module = "efficientnet-lite0", weights=None, *, random_init: bool = False,
-               seed: int = 0, device="cpu") -> TargetModel:
+               seed: int = 0, device="auto") -> TargetModel:
     """Load a target model.
 
     Parameters
@@ -295,7 +295,7 @@ def load_model(name: str | nn.Module = "efficientnet-lite0", weights=None, *, ra
         An untrained copy of the architecture, seeded, for sanity checks. Its
         batch-norm statistics are defaults: call :func:`recalibrate_batchnorm`.
     device : str
-        ``"cpu"``, ``"cuda"``, or ``"auto"``.
+        ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
     """
     if isinstance(name, nn.Module):
         return wrap_model(name).to(device)

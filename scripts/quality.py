@@ -9,7 +9,6 @@ Writes under --output-dir (default outputs/quality):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -21,10 +20,10 @@ from lavise_nb import (ActivationStore, ExplainerTrainer, Vocabulary, load_model
                        recalibrate_batchnorm, stamp_scenes)
 from lavise_nb.calibration import GammaCalibration, harmonic_mean
 from lavise_nb.datasets import collate_samples
-from lavise_nb.evaluate import (RecallEvaluator, compare_methods, frequency_baseline, network_dissection,
+from lavise_nb.evaluate import (MethodComparison, RecallEvaluator, frequency_baseline, network_dissection,
                                oracle_words)
 from lavise_nb.explain import FilterExplainer
-from lavise_nb.mapper import imagenet_classes, model_labels, region_labels
+from lavise_nb.labels import imagenet_classes, model_labels, region_labels
 from lavise_nb.prior import ClassPrior
 from lavise_nb.config import CalibrationSettings, ExplainSettings, TrainingConfig
 
@@ -48,10 +47,6 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--image-masking", action="store_true", help="also run image masking (slow on CPU)")
     parser.add_argument("--device", default="auto")
     return parser.parse_args()
-
-
-def method_name(method: str, attention: str) -> str:
-    return method if method != "attention" else f"attention/{attention}"
 
 
 def baseline_rows(store, mapper, space, vocabulary, model_name: str) -> pd.DataFrame:
@@ -130,28 +125,29 @@ def main() -> None:
             seed=None, votes_per_image=5, voting="softmax", prior=None):
         words = space if word_space is None else word_space
         seed = args.seed if seed is None else seed
-        mapper = ExplainerTrainer(store, words, TrainingConfig(seen_fraction=seen_fraction, seed=seed, weak_weight=weak_weight), weak_labels=weak_labels).fit()
+        config = TrainingConfig(seen_fraction=seen_fraction, seed=seed, weak_weight=weak_weight)
+        mapper = ExplainerTrainer(store, words, config, weak_labels=weak_labels).fit()
         tags = dict(experiment=name, seen_fraction=seen_fraction, word_space=words.name, split_seed=seed,
                     s=votes_per_image, voting=voting, class_prior=prior is not None,
                     candidates="concepts" if isinstance(vocabulary, str) else vocabulary.name)
         explained, inner = [], None
         for calibrated in calibrations:
             for method, attention in methods:
+                settings = ExplainSettings(method=method, attention=attention, s=votes_per_image, voting=voting,
+                                           calibrated=calibrated)
                 tuned = mapper
                 if calibrated:  # gamma is tuned for each method, on the inner split of the seen concepts
-                    tuned = copy.copy(mapper)
-                    calibration = GammaCalibration(store, tuned, words, ExplainSettings(method=method, attention=attention, s=votes_per_image, voting=voting), calibration=CalibrationSettings(level="filter", seed=seed, gammas=GAMMAS), vocabulary=vocabulary, prior=prior, weak_labels=weak_labels)
+                    calibration = GammaCalibration(store, mapper, words, settings, vocabulary=vocabulary, prior=prior,
+                                                   calibration=CalibrationSettings(seed=seed, gammas=GAMMAS),
+                                                   weak_labels=weak_labels)
                     inner = inner or calibration.inner_mapper()
-                    calibration.fit(inner)
-                    gammas.append(tuned.gamma_table.assign(method=method_name(method, attention), layer=store.layer,
-                                                           **tags))
-                recall, words_table = compare_methods(store, tuned, words, vocabulary, [(method, attention)],
-                                                      s=votes_per_image, voting=voting, prior=prior,
-                                                      calibrated=calibrated, netdissect=False,
-                                                      frequency=False, model=layer_model, dataset=dataset,
-                                                      model_name=layer_model.name)
-                results.append(recall.assign(calibrated=calibrated, gamma=tuned.gamma if calibrated else 0.0,
-                                             filter_gamma=(tuned.filter_gamma or 0.0) if calibrated else 0.0, **tags))
+                    tuned = mapper.calibrated(calibration.fit(inner))
+                    gammas.append(tuned.calibration.table.assign(method=settings.name, layer=store.layer, **tags))
+                comparison = MethodComparison(store, tuned, words, settings, vocabulary=vocabulary, prior=prior,
+                                              model=layer_model, dataset=dataset)
+                recall, words_table = comparison.compare([(method, attention)], baselines=())
+                gamma, filter_gamma = tuned.calibration.gammas if calibrated else (0.0, 0.0)
+                results.append(recall.assign(calibrated=calibrated, gamma=gamma, filter_gamma=filter_gamma, **tags))
                 explained.append(words_table.assign(calibrated=calibrated))
             if baselines and not calibrated:
                 results.append(baseline_rows(store, mapper, words, vocabulary, layer_model.name)

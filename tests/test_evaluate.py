@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lavise_nb.evaluate import (RECALL_COLUMNS, RecallEvaluator, frequency_baseline, ground_truth, oracle_words,
 from lavise_nb.config import ExplainSettings, TrainingConfig
+from lavise_nb.evaluate import (RECALL_COLUMNS, RecallEvaluator, frequency_baseline, ground_truth, oracle_words,
                                 recall)
 
 
