@@ -552,9 +552,9 @@ def _image_contents(folder: Path) -> pd.DataFrame:
 
 
 def _planted_concepts(weights: dict) -> list[str]:
-    from .scenes import _usable, background_table, stamp_table
-    stamps = _usable(stamp_table(), photos_only=True)
-    backgrounds = _usable(background_table(), photos_only=False)
+    from .scenes import background_table, stamp_table, usable_rows
+    stamps = usable_rows(stamp_table(), photos_only=True)
+    backgrounds = usable_rows(background_table(), photos_only=False)
     up = {k for k, v in (weights.get("object_weights") or {}).items() if v > 1}
     bg_up = {k for k, v in (weights.get("background_weights") or {}).items() if v > 1}
     objects = stamps[stamps["concept"].isin(up) | stamps["category"].isin(up)]["concept"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -22,11 +21,13 @@ import pandas as pd
 from PIL import Image
 
 from ._utils.cache import cache_dir
+from ._utils.debian import fetch_deb
 from ._utils.progress import progress
 
-__all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "stamp_table", "background_table"]
+__all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "stamp_table", "background_table", "usable_rows"]
 
 PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
+_SHARE = Path("usr") / "share" / "tuxpaint"
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 _BUILD_VERSION = 1
 _MIN_VISIBLE = 0.01
@@ -68,7 +69,21 @@ def background_table() -> pd.DataFrame:
     return _read_table("backgrounds.csv")
 
 
-def _usable(table: pd.DataFrame, photos_only: bool) -> pd.DataFrame:
+def usable_rows(table: pd.DataFrame, photos_only: bool) -> pd.DataFrame:
+    """The rows of a stamp or background table that name a concept and have no exclusion reason.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`stamp_table` or :func:`background_table` (or rows of one).
+    photos_only : bool
+        Also require ``kind == "photo"`` (stamp tables only).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The kept rows, re-indexed from 0.
+    """
     keep = (table["concept"] != "") & (table["reason"] == "")
     if photos_only:
         keep &= table["kind"] == "photo"
@@ -86,36 +101,6 @@ def _manual_hint() -> str:
     return ("Alternatively download by hand the upstream tuxpaint-stamps tarball (its stamps/ folder) and "
             "the tuxpaint source tarball (its templates/ folder) from https://tuxpaint.org/download/, "
             "extract them and call build_stamp_scenes(stamps_dir=..., templates_dir=...).")
-
-
-def _require_tools() -> None:
-    missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
-    if missing:
-        raise RuntimeError(f"{' and '.join(missing)} not found: StampScenes fetches the Debian packages "
-                           f"{' and '.join(PACKAGES)} (GPL-2 Tux Paint stamps and templates) with apt-get "
-                           f"download and dpkg-deb. " + _manual_hint())
-
-
-def _apt_download(folder: Path) -> list[Path]:
-    for attempt in range(2):
-        result = subprocess.run(["apt-get", "download", *PACKAGES], cwd=folder, capture_output=True, text=True)
-        debs = sorted(folder.glob("*.deb"))
-        if result.returncode == 0 and len(debs) == len(PACKAGES):
-            return debs
-        if attempt == 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, text=True)
-    raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()[-500:]} "
-                       + _manual_hint())
-
-
-def _extract(debs: list[Path], root: Path) -> Path:
-    for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True)
-    share = root / "usr" / "share" / "tuxpaint"
-    if not _fetch_complete(share):
-        raise RuntimeError(f"the packages {' and '.join(PACKAGES)} did not contain usr/share/tuxpaint/"
-                           f"stamps and templates. " + _manual_hint())
-    return share
 
 
 def fetch_tuxpaint(cache=None) -> Path:
@@ -148,11 +133,11 @@ def fetch_tuxpaint(cache=None) -> Path:
     target = Path(cache) if cache is not None else cache_dir("tuxpaint")
     if _fetch_complete(target):
         return target
-    _require_tools()
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".fetch-") as tmp:
-        tmp = Path(tmp)
-        share = _extract(_apt_download(tmp), tmp / "root")
+        root = fetch_deb(PACKAGES, Path(tmp) / "root", needs=[str(_SHARE / "stamps"), str(_SHARE / "templates")],
+                         purpose="StampScenes (GPL-2 Tux Paint stamps and templates)", fix=_manual_hint())
+        share = root / _SHARE
         for name in ("stamps", "templates"):
             if (target / name).exists():
                 shutil.rmtree(target / name)
@@ -431,7 +416,7 @@ def build_stamp_scenes(out_dir=None, n_images: int = 2000, seed: int = 0, size: 
         raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
     stamps = _read_table("stamps.csv") if stamp_table is None else stamp_table
     backgrounds = _read_table("backgrounds.csv") if background_table is None else background_table
-    stamps, backgrounds = _usable(stamps, photos_only=True), _usable(backgrounds, photos_only=False)
+    stamps, backgrounds = usable_rows(stamps, photos_only=True), usable_rows(backgrounds, photos_only=False)
     params = {"n_images": n_images, "seed": seed, "size": size, "objects": list(objects), "scale": list(scale),
               "object_weights": object_weights, "background_weights": background_weights,
               "image_fields": image_fields}

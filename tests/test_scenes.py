@@ -11,6 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from lavise_nb import scenes
+from lavise_nb._utils import debian
 
 SIZE = 64
 RED, BLUE, GREEN, GRAY = (230, 20, 20), (20, 20, 230), (20, 200, 20), (128, 128, 128)
@@ -214,7 +215,7 @@ def test_half_built_folder_is_not_taken_as_complete(tmp_path, fake, monkeypatch)
 def test_fetch_returns_existing_tree_and_explains_missing_tools(tmp_path, monkeypatch):
     (tmp_path / "done" / "stamps").mkdir(parents=True)
     (tmp_path / "done" / "templates").mkdir()
-    monkeypatch.setattr(scenes.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(debian.shutil, "which", lambda tool: None)
     assert scenes.fetch_tuxpaint(tmp_path / "done") == tmp_path / "done"
     (tmp_path / "half" / "stamps").mkdir(parents=True)
     with pytest.raises(RuntimeError, match="tuxpaint-stamps-default.*stamps_dir="):

