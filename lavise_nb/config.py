@@ -5,7 +5,8 @@
   :class:`~lavise_nb.explain.FilterExplainer`, :class:`~lavise_nb.calibration.GammaCalibration`
   and :class:`~lavise_nb.evaluate.MethodComparison`, so a gamma is tuned under the
   settings it is used with;
-- :class:`CalibrationSettings`: how the calibrated-stacking gamma is searched.
+- :class:`CalibrationSettings`: how the calibrated-stacking gamma is searched;
+- :class:`CropSettings`: how a region becomes a crop for the target model.
 
 Every value is checked when the object is made; a bad one raises a ``ValueError``
 that names the setting and its valid range.
@@ -16,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 __all__ = ["TrainingConfig", "ExplainSettings", "CalibrationSettings", "METHODS", "ATTENTION_FORMS", "VOTING",
-           "POOLING", "check_int", "check_choice"]
+           "POOLING", "CropSettings", "check_int", "check_float", "check_choice"]
 
 METHODS = ("attention", "activation_masking", "image_masking", "original")
 ATTENTION_FORMS = ("soft_mask", "paper", "code")
@@ -54,6 +55,30 @@ def check_choice(name: str, value, choices) -> None:
     """A ValueError naming ``name`` and the valid choices when ``value`` is not one of them."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How a region becomes a crop for the target model (class prior and region weak labels).
+
+    Parameters
+    ----------
+    context : float
+        Margin added around the region's bounding box, as a share of its side.
+    min_side : int
+        Boxes grow to at least this many pixels a side.
+    batch_size : int
+        Crops classified per forward pass.
+    """
+
+    context: float = 0.15
+    min_side: int = 16
+    batch_size: int = 64
+
+    def __post_init__(self):
+        check_float("context", self.context, 0)
+        check_int("min_side", self.min_side)
+        check_int("batch_size", self.batch_size)
 
 
 @dataclass(frozen=True)

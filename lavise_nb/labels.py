@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from ._utils.progress import progress
+from .config import CropSettings
 from .probe import resolve_device
 from .regions import crop_around
 
@@ -90,13 +91,13 @@ def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, 
     return pd.DataFrame(rows, columns=["image", "label", "probability"])
 
 
-def region_labels(model, store, dataset, *, top: int = 3, min_probability: float = 0.05, context: float = 0.15,
-                  min_side: int = 16, batch_size: int = 64, class_names=None, device="auto",
+def region_labels(model, store, dataset, *, top: int = 3, min_probability: float = 0.05,
+                  crop: CropSettings | None = None, class_names=None, device="auto",
                   show_progress: bool = True) -> pd.DataFrame:
     """The target model's predictions for a crop around each annotated region.
 
     Every distinct region of the store (:func:`~lavise_nb.mapper.pair_table`) is
-    cropped to its bounding box plus ``context`` on each side
+    cropped to its bounding box plus a margin on each side
     (:func:`~lavise_nb.regions.crop_around`), resized to the input size and
     classified. Only the pixels are used, never the region's concept names, so the
     labels are fair weak labels for seen and unseen regions alike.
@@ -111,8 +112,8 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
         The store's dataset (sample contract of :mod:`lavise_nb.datasets`).
     top, min_probability :
         Classes kept per region, and the probability each needs.
-    context, min_side :
-        The crop's margin and smallest side (see :func:`~lavise_nb.regions.crop_around`).
+    crop : CropSettings, optional
+        The crop's margin and smallest side, and crops per forward pass.
     class_names : list of str, optional
         Default: ImageNet-1k's.
 
@@ -125,6 +126,7 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
     from .mapper import pair_table
 
     names = imagenet_classes() if class_names is None else list(class_names)
+    crop = CropSettings() if crop is None else crop
     model.to(resolve_device(device))
     pairs = pair_table(store)
     size = store.image_size
@@ -148,9 +150,9 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
         for obj, mask in zip(group["object"].tolist(), masks):
             if not mask.any():
                 continue
-            crops.append(crop_around(sample["image"], mask, context, min_side, size))
+            crops.append(crop_around(sample["image"], mask, crop.context, crop.min_side, size))
             keys.append((int(image), int(obj)))
-            if len(crops) >= batch_size:
+            if len(crops) >= crop.batch_size:
                 flush()
     flush()
     return pd.DataFrame(rows, columns=["image", "object", "label", "probability"])

@@ -20,6 +20,7 @@ import torch
 
 from ._utils.cache import cache_dir
 from ._utils.progress import progress
+from .config import CropSettings
 from .labels import classify, imagenet_classes
 from .probe import resolve_device
 from .regions import crop_around, filter_regions
@@ -50,14 +51,11 @@ class ClassPrior:
         How much of the prior vector is added to a pair's explanation vector (both unit length).
     source : {"region", "image"}
         "region": crop the image around the filter's thresholded, upsampled activation
-        region (plus ``context``); "image": classify the whole image.
+        region (see ``crop``); "image": classify the whole image.
+    crop : CropSettings, optional
+        The crop's margin and smallest side, and crops per forward pass.
     class_names : list of str, optional
         Default: ImageNet-1k's 1000 class names.
-    context : float
-        Margin around the region's box, as a share of its side.
-    min_side : int
-        Boxes grow to at least this many pixels a side.
-    batch_size : int
     device : str
         "auto": cuda when available.
     show_progress : bool
@@ -74,8 +72,7 @@ class ClassPrior:
     """
 
     def __init__(self, model, dataset, space, *, top: int | None = None, weight: float = 1.0, source: str = "region",
-                 class_names=None, context: float = 0.15, min_side: int = 16, batch_size: int = 64,
-                 device="auto", show_progress: bool = True):
+                 crop: CropSettings | None = None, class_names=None, device="auto", show_progress: bool = True):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
         if weight < 0:
@@ -88,8 +85,8 @@ class ClassPrior:
                              f"classes), not {top}")
         self.model, self.dataset, self.space = model, dataset, space
         self.top, self.weight, self.source = int(top), float(weight), source
-        self.context, self.min_side = float(context), int(min_side)
-        self.batch_size, self.device, self.show_progress = batch_size, resolve_device(device), show_progress
+        self.crop = CropSettings() if crop is None else crop
+        self.device, self.show_progress = resolve_device(device), show_progress
         self._class_vectors = None
 
     def __repr__(self) -> str:
@@ -100,7 +97,7 @@ class ClassPrior:
     def settings(self) -> dict:
         """What the prior's scores depend on (a calibrated gamma holds only for the same settings)."""
         return dict(model=self.model.fingerprint, source=self.source, top=self.top, weight=self.weight,
-                    classes=len(self.class_names), context=self.context, min_side=self.min_side)
+                    classes=len(self.class_names), context=self.crop.context, min_side=self.crop.min_side)
 
     def class_vectors(self) -> torch.Tensor:
         """Unit word vectors of the class names, (n_classes, dim); zero rows for names the space lacks."""
@@ -180,9 +177,10 @@ class ClassPrior:
         size = store.image_size
         parts = [cached]
         todo = todo.sort_values(["image", "filter"])
-        batches = range(0, len(todo), self.batch_size)
+        step = self.crop.batch_size
+        batches = range(0, len(todo), step)
         for n, start in enumerate(progress(batches, enabled=self.show_progress, desc="class prior")):
-            part = todo.iloc[start:start + self.batch_size]
+            part = todo.iloc[start:start + step]
             images, filters = part["image"].to_numpy(), part["filter"].to_numpy()
             regions = filter_regions(store, images, filters, size) if self.source == "region" else None
             pictures, crops = {}, []
@@ -191,7 +189,7 @@ class ClassPrior:
                     pictures[image] = self.dataset[int(image)]["image"]
                 crop = pictures[image]  # already size x size: the store was built from this dataset
                 if regions is not None:
-                    crop = crop_around(crop, regions[row], self.context, self.min_side, size)
+                    crop = crop_around(crop, regions[row], self.crop.context, self.crop.min_side, size)
                 crops.append(crop)
             probabilities, classes = classify(self.model, torch.stack(crops), self.stored, len(self.class_names))
             parts.append(pd.DataFrame({

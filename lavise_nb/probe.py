@@ -79,6 +79,10 @@ class TargetModel:
             self._fingerprint = f"{self.name}:{_weights_hash(self.module)}"
         return self._fingerprint
 
+    def weights_changed(self) -> None:
+        """Forget the cached fingerprint after the weights (or batch-norm statistics) were changed in place."""
+        self._fingerprint = None
+
     @property
     def device(self) -> torch.device:
         tensor = next(iter(self.module.parameters()), None)
@@ -172,7 +176,8 @@ class LayerProbe:
 
     def _hook(self, _module, _inputs, output):
         if self._output is None:
-            self._output = output
+            # without stopping, a later in-place op (ReLU(inplace=True)) would overwrite the tensor
+            self._output = output if self.stop or not torch.is_tensor(output) else output.clone()
             if self.stop:
                 raise _StopForward
 
@@ -334,5 +339,5 @@ def recalibrate_batchnorm(model: TargetModel, batches, max_batches: int = 20) ->
         for norm, (momentum, training) in zip(norms, saved):
             norm.momentum = momentum
             norm.train(training)
-    model._fingerprint = None
+    model.weights_changed()
     return model

@@ -27,7 +27,25 @@ def test_environment_yml_matches_pyproject_runtime_dependencies():
     assert "-e ." in next(e for e in env["dependencies"] if isinstance(e, dict))["pip"]
 
 
-def test_public_surface_is_listed():
+def test_public_surface_is_listed_and_documented():
+    import importlib
+    import pkgutil
+
     import lavise_nb
-    assert all(hasattr(lavise_nb, name) for name in lavise_nb.__all__)
-    assert "FilterExplainer" in lavise_nb.__all__ and "ActivationStore" in lavise_nb.__all__
+    exported: dict = {}
+    exec("from lavise_nb import *", exported)
+    assert sorted(set(exported) - {"__builtins__"}) == sorted(lavise_nb.__all__)
+    assert len(set(lavise_nb.__all__)) == len(lavise_nb.__all__)
+    undocumented, unlisted = [], []
+    for info in pkgutil.walk_packages(lavise_nb.__path__, "lavise_nb."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        module = importlib.import_module(info.name)
+        if not hasattr(module, "__all__"):
+            unlisted.append(info.name)
+            continue
+        for name in module.__all__:
+            value = getattr(module, name)  # a listed name that is not defined fails here
+            if callable(value) and not (value.__doc__ or "").strip():
+                undocumented.append(f"{info.name}.{name}")
+    assert not unlisted and not undocumented, (unlisted, undocumented)

@@ -13,7 +13,7 @@ from lavise_nb.mapper import Mapper
 from lavise_nb.prior import ClassPrior
 from lavise_nb.probe import wrap_model
 from tests.conftest import COLOUR_FILTERS, planted_net
-from lavise_nb.config import CalibrationSettings, ExplainSettings
+from lavise_nb.config import CalibrationSettings, CropSettings, ExplainSettings
 
 COLOURS = list(COLOUR_FILTERS)
 
@@ -66,7 +66,8 @@ def test_predictions_are_cached_and_resume(tiny_store, mapper, space, shapes, cl
     store = copy.copy(tiny_store)
     store.path = tmp_path / "store"  # a fresh cache beside a copy of the store
     store.path.mkdir()
-    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, batch_size=8, show_progress=False)
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, crop=CropSettings(batch_size=8),
+                       show_progress=False)
     first = pairs.iloc[:20]
     before = classifier.module.calls
     part = prior.predictions(store, first)
@@ -144,7 +145,7 @@ def test_whole_image_source_classifies_each_image_once(tiny_store, mapper, space
     store = copy.copy(tiny_store)
     store.path = tmp_path / "store"
     store.path.mkdir()
-    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="image", batch_size=8,
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="image", crop=CropSettings(batch_size=8),
                        show_progress=False)
     before = classifier.module.calls
     table = prior.predictions(store, pairs)

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from lavise_nb.probe import LayerProbe, load_model, recalibrate_batchnorm, wrap_model
 from lavise_nb.transform import Preprocess
@@ -121,3 +122,19 @@ def test_allocator_thresholds_are_raised_once_and_only_on_request(setting, expec
     env = {**os.environ, "LAVISE_NB_MALLOC": setting}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.split("\n")[0] == expected
+
+
+def test_probe_without_stopping_keeps_the_layers_own_output():
+    """A hook on a BatchNorm followed by ReLU(inplace=True) must see the pre-ReLU values."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten())
+    model = wrap_model(net)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = net[1](net[0](x))
+    assert (expected < 0).any()
+    with LayerProbe(model, "1", stop=False) as probe:
+        kept = probe(x)
+    with LayerProbe(model, "1") as probe:
+        stopped = probe(x)
+    assert torch.equal(kept, expected) and torch.equal(stopped, expected)
