@@ -227,6 +227,15 @@ def test_default_vocabulary_filters_and_folds(tiny):
     assert Vocabulary.default(tiny, max_words=2).words == ["dog", "cat"]  # from cache
 
 
+def test_a_cached_list_serves_a_smaller_space_with_the_same_id(tiny):
+    Vocabulary.default(tiny)  # cached under tiny.space_id
+    words = [w for w in TINY if w != "heron"]
+    smaller = WordSpace(kv_of(words, np.stack([tiny.kv[w] for w in words])), "tiny", space_id=tiny.space_id)
+    vocab = Vocabulary.default(smaller)
+    assert vocab.words == ["dog", "cat", "hot", "shirt", "traffic", "light"]
+    np.testing.assert_array_equal(vocab.vectors, smaller.normed[[smaller.index(w) for w in vocab.words]])
+
+
 def test_from_words_file_union_restrict(tmp_path, tiny):
     path = tmp_path / "concepts.txt"
     path.write_text("# concepts\ndog\n\nhot dog\ncat\n")

@@ -148,8 +148,10 @@ class Vocabulary:
 
     @classmethod
     def _from_space_words(cls, space: WordSpace, words: Sequence[str], name: str) -> "Vocabulary":
+        # a cached list is keyed by space_id, which hybrid spaces over other word lists share: keep what this one has
+        words = [w for w in words if w in space]
         rows = [space.index(w) for w in words]
-        return cls(list(words), space.normed[rows], space.space_id, name, space)
+        return cls(words, space.normed[rows], space.space_id, name, space)
 
     @classmethod
     def full(cls, space: WordSpace) -> "Vocabulary":
