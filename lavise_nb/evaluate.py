@@ -21,7 +21,7 @@ from .explain import FilterExplainer
 from .regions import filter_regions
 
 __all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection",
-           "MethodComparison", "DEFAULT_METHODS", "BASELINES", "RECALL_COLUMNS"]
+           "invert_labels", "MethodComparison", "DEFAULT_METHODS", "BASELINES", "RECALL_COLUMNS"]
 
 RECALL_COLUMNS = ["model", "layer", "method", "words_from", "ground", "subset", "k", "recall", "pairs"]
 
@@ -249,6 +249,41 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
         "filter": np.repeat(np.arange(c), k), "rank": np.tile(np.arange(1, k + 1), c),
         "word": np.asarray(concepts, dtype=object)[top.indices.reshape(-1).numpy()],
         "iou": top.values.reshape(-1).numpy(),
+    })
+
+
+def invert_labels(store, top_words: int = 20) -> pd.DataFrame:
+    """INVERT-style labels: per filter, the annotated concepts whose presence its activations separate best.
+
+    For every filter u and concept c, the AUC with which u's per-image max
+    activation separates the store's images that contain c from those that do not
+    (rank-based, ties averaged). A closed-vocabulary baseline that is strong
+    in-sample by construction: judge it on held-out images and probe scenes.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``filter, rank, word, auc`` (``top_words`` concepts per filter, best first).
+    """
+    from scipy.stats import rankdata
+
+    valid = np.flatnonzero(np.asarray(store.valid))
+    ranks = rankdata(np.asarray(store.maxima, dtype=np.float32)[valid], axis=0)  # (N, C)
+    row_of = {int(image): k for k, image in enumerate(valid)}
+    concepts = store.concepts
+    auc = np.zeros((store.shape[1], len(concepts)))
+    for j, concept in enumerate(concepts):
+        images = store.objects.loc[store.objects["concept"] == concept, "image"].unique()
+        rows = [row_of[int(i)] for i in images if int(i) in row_of]
+        n_pos, n_neg = len(rows), len(valid) - len(rows)
+        if n_pos and n_neg:
+            auc[:, j] = (ranks[rows].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    k = min(top_words, len(concepts))
+    order = np.argsort(-auc, axis=1, kind="stable")[:, :k]
+    return pd.DataFrame({
+        "filter": np.repeat(np.arange(store.shape[1]), k), "rank": np.tile(np.arange(1, k + 1), store.shape[1]),
+        "word": np.asarray(concepts, dtype=object)[order.reshape(-1)],
+        "auc": np.take_along_axis(auc, order, axis=1).reshape(-1),
     })
 
 

@@ -25,7 +25,8 @@ from .words import Vocabulary
 
 __all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS", "hub_note"]
 
-EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images", "method", "note"]
+EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "support", "score", "kind", "n_images", "method",
+                       "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
                       "method"]
 
@@ -263,7 +264,10 @@ class FilterExplainer:
             One row per (filter, word), ``top_words`` per filter, columns
             ``layer, filter, rank`` (1 = best), ``word``, ``votes`` (sum over the
             filter's top images of their max activation times their vote for the
-            word, see ``voting``), ``score`` (mean calibrated cosine over the images
+            word, see ``voting``), ``support`` (``votes`` over the summed max
+            activation of the filter's voting images: 1 when every image gives the
+            word its whole vote, near 0 when the images disagree; a low first-word
+            support flags a filter the words do not describe), ``score`` (mean calibrated cosine over the images
             that voted for it), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
             word outside the annotations), ``n_images`` (images that voted),
             ``method`` and ``note`` (why a filter has no words).
@@ -273,17 +277,19 @@ class FilterExplainer:
         rows = []
         votes = self.votes(pairs, index_top, scores_top)
         n_images = pairs.groupby("filter").size()
+        evidence = pairs.groupby("filter")["activation"].sum()
         grouped = dict(tuple(votes.groupby("filter")))
         for f in wanted:
             if f not in grouped:
-                rows.append(dict(filter=int(f), rank=0, word=None, votes=0.0, score=np.nan, kind=None,
+                rows.append(dict(filter=int(f), rank=0, word=None, votes=0.0, support=0.0, score=np.nan, kind=None,
                                  n_images=0, note=f"none of the top {self.settings.p} images activates this filter "
                                                    "(max activation <= 0)"))
                 continue
             best = grouped[f].head(self.settings.top_words)
             for rank, (word, vote, score) in enumerate(zip(best["word"], best["votes"], best["score"]), 1):
                 rows.append(dict(filter=int(f), rank=rank, word=self.words[word], votes=float(vote),
-                                 score=float(score), kind=self.kinds[word], n_images=int(n_images[f]), note=""))
+                                 support=float(vote / evidence[f]), score=float(score), kind=self.kinds[word],
+                                 n_images=int(n_images[f]), note=""))
         table = pd.DataFrame(rows)
         table.insert(0, "layer", self.store.layer)
         table["method"] = self.settings.method

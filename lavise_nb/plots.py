@@ -172,7 +172,9 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     -----
     Inside each image, the region where the filter's (upsampled) activation exceeds
     its threshold T_u is outlined in yellow and tinted by activation; the rest is
-    darkened. Word colours: see :data:`KIND_STYLE` (unseen concepts red, as in the
+    darkened. Beside each word: its mean cosine, its ``support`` (the share of the
+    filter's activation-weighted votes it got) and, where the table has one
+    (:func:`~lavise_nb.faithfulness.attach_faithfulness`), its faithfulness score. Word colours: see :data:`KIND_STYLE` (unseen concepts red, as in the
     paper; zero-shot words green italic).
     """
     from matplotlib.patches import Patch
@@ -201,9 +203,13 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
             style = _style(kind)
             tick.set_color(style["color"])
             tick.set_fontstyle(style["style"])
-        for yy, votes, score, k in zip(y, named["votes"], named["score"], named["n_images"]):
-            ax.text(votes, yy, f" {votes:.1f}  (cos {score:.2f})", va="center", fontsize=7, color="#333333")
-        ax.set_xlim(0, float(named["votes"].max()) * 1.3)
+        support = named["support"] if "support" in named else [np.nan] * len(named)
+        faithful = named["faithfulness"] if "faithfulness" in named else [np.nan] * len(named)
+        for yy, votes, score, share, truth in zip(y, named["votes"], named["score"], support, faithful):
+            note = f" {votes:.1f}  (cos {score:.2f}" + (f", support {share:.0%}" if share == share else "")
+            note += (f", faithfulness {truth:.2f}" if truth == truth else "") + ")"
+            ax.text(votes, yy, note, va="center", fontsize=7, color="#333333")
+        ax.set_xlim(0, float(named["votes"].max()) * 1.45)
         n_voters = int(named["n_images"].iloc[0])
         ax.set_xlabel(f"votes: each of the top {n_voters} images gives its max activation, shared among "
                       "the words it ranks first", fontsize=8)

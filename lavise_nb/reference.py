@@ -9,6 +9,7 @@ built or reused from the caches exactly as the notebooks did by hand:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,23 @@ class Reference:
                                       device=spec.device, show_progress=show_progress)
         space = load_word_space(spec.word_space, words=[*store.concepts, *imagenet_classes()])
         return cls(spec, model, dataset, store, space)
+
+    def held_out(self, n_images: int | None = None, seed: int | None = None, *,
+                 show_progress: bool = True) -> "Reference":
+        """Fresh reference scenes for held-out scores (:class:`~lavise_nb.faithfulness.PresenceScore`).
+
+        Same model, layer, generator and word space; another seed (default ``spec.seed + 1000``),
+        so none of its images trained the explainer or chose a filter's top images.
+        """
+        seed = self.spec.seed + 1000 if seed is None else seed
+        if seed == self.spec.seed:
+            raise ValueError("the held-out scenes need another seed than the reference's")
+        spec = dataclasses.replace(self.spec, seed=seed, n_images=n_images or self.spec.n_images)
+        data = stamp_scenes(n_images=spec.n_images, seed=seed, preprocess=self.model.preprocess,
+                            show_progress=show_progress, **spec.scene_options)
+        store = ActivationStore.build(self.model, spec.layer, data, root=spec.store_root, batch_size=spec.batch_size,
+                                      device=spec.device, show_progress=show_progress)
+        return Reference(spec, self.model, data, store, self.space)
 
     def vocabulary(self, name: str):
         """Candidate words by name: ``"nouns"`` (WordNet concrete nouns), ``"default"`` (common words) or

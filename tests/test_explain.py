@@ -127,3 +127,14 @@ def test_bad_voting_is_reported(tiny_store, mapper, space):
         FilterExplainer(tiny_store, mapper, space, None, ExplainSettings(voting="borda"))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         FilterExplainer(tiny_store, mapper, space, None, ExplainSettings(temperature=0))
+
+
+def test_support_is_the_share_of_the_filters_evidence(tiny_store, mapper, space):
+    table = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=10, top_words=50)).explain()
+    assert np.allclose(table.groupby("filter")["support"].sum(), 1.0, atol=1e-4)  # softmax: whole votes shared
+    first = table[table["rank"] == 1].set_index("filter")
+    assert first.loc[COLOUR_FILTERS["red"], "word"] == "red" and first.loc[COLOUR_FILTERS["red"], "support"] > 0.2
+    top_s = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=10, voting="top_s", s=3,
+                                                                                    top_words=50)).explain()
+    assert np.allclose(top_s.groupby("filter")["support"].sum(), 3.0, atol=1e-4)  # s votes per image
+    assert top_s["support"].between(0, 1 + 1e-6).all()

@@ -1,0 +1,84 @@
+"""Faithfulness scores: planted answers, NeuronEval's sanity checks, coverage."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from lavise_nb.faithfulness import (PRESENCE_COLUMNS, PresenceScore, ProbeScenes, attach_faithfulness, coverage,
+                                    presence_scores, sanity_checks, top_words)
+from tests.conftest import COLOUR_FILTERS
+
+
+def test_presence_scores_on_a_hand_made_unit():
+    presence = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    perfect = presence_scores(np.array([5.0, 4.0, 1.0, 0.5, 0.2, 0.0]), presence)
+    assert perfect["auc"] == 1.0 and perfect["auprc"] == 1.0 and perfect["auprc_chance"] == pytest.approx(1 / 3)
+    assert perfect["correlation"] == pytest.approx(np.corrcoef([5, 4, 1, 0.5, 0.2, 0], presence)[0, 1])
+    assert perfect["auc_p"] < 0.1
+    inverted = presence_scores(np.array([0.0, 0.1, 1.0, 2.0, 3.0, 4.0]), presence)
+    assert inverted["auc"] == 0.0 and inverted["correlation"] < 0
+    assert np.isnan(presence_scores(np.arange(3.0), np.zeros(3, bool))["auc"])
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.2])
+def test_sanity_checks_drop_for_correlation_and_auprc(rate):
+    rng = np.random.default_rng(0)
+    presence = rng.random(2000) < rate
+    activation = presence * 2.0 + rng.normal(0, 0.5, 2000)  # a unit that detects the concept
+    table = sanity_checks(activation, presence, seed=1).set_index("score")
+    assert table.loc["correlation", "passes"] and table.loc["auprc", "passes"]
+    assert (table["extra_labels"] < table["true"]).all()
+    # recall as overlap-counting metrics use it, "share of the unit's firing covered by the label", rises
+    # when random labels are added: it cannot tell a true label from a padded one
+    overlap = {"overlap_recall": lambda a, p: float(p[a > 1.0].mean())}
+    recall_like = sanity_checks(activation, presence, overlap, seed=1).iloc[0]
+    assert recall_like["extra_labels"] > recall_like["true"]
+    assert not recall_like["passes"]
+
+
+def test_presence_names_the_planted_colour_filters(tiny_store):
+    pairs = pd.DataFrame({"filter": [COLOUR_FILTERS["red"], COLOUR_FILTERS["red"], COLOUR_FILTERS["blue"], 0],
+                          "word": ["red", "blue", "blue", "dog"]})
+    table = PresenceScore(tiny_store, pixel_negatives=40).score(pairs)
+    assert list(table.columns) == PRESENCE_COLUMNS
+    red, wrong, blue, dog = (table.iloc[i] for i in range(4))
+    assert red["auc"] > 0.9 and red["auprc"] > 3 * red["auprc_chance"] and red["correlation"] > 0.5
+    assert red["pixel_auprc"] > 5 * red["pixel_chance"]
+    assert wrong["auc"] < 0.7 and wrong["auprc"] < red["auprc"] and wrong["pixel_auprc"] < red["pixel_auprc"]
+    assert blue["auc"] > 0.9
+    assert not dog["testable"] and np.isnan(dog["auc"])
+    assert coverage(table) == "2 of 2 filters testable (100%)"
+    assert coverage(table, n_filters=8) == "2 of 8 filters testable (25%)"
+
+
+def test_probe_scores_use_the_probes_and_drop_controls_that_hold_the_concept(monkeypatch):
+    probe = object.__new__(ProbeScenes)
+    probe.objects, probe.backgrounds, probe.show_progress = {"tiger", "dog"}, {"forest"}, False
+    controls = (np.array([[0.0, 1.0], [0.1, 1.0], [9.0, 1.0], [0.2, 1.0]]),
+                np.array([{"dog"}, {"forest"}, {"tiger"}, set()], dtype=object))
+    tigers = (np.array([[3.0, 1.0], [4.0, 1.0], [0.0, 1.0]]), np.array([True, True, False]))
+    monkeypatch.setattr(probe, "activations", lambda word: controls if word is None else tigers, raising=False)
+    table = probe.score(pd.DataFrame({"filter": [0, 1, 0], "word": ["tiger", "tiger", "sofa"]}))
+    first = table.iloc[0]
+    assert (first["n_probe"], first["n_control"]) == (2, 3)  # the control with a tiger is dropped
+    assert first["auc"] == 1.0 and first["mad"] == pytest.approx((3.5 - 0.1) / np.std([0.0, 0.1, 0.2]))
+    assert table.iloc[1]["auc"] == 0.5 and np.isnan(table.iloc[1]["mad"])  # constant activations
+    assert not table.iloc[2]["testable"]
+
+
+def test_faithfulness_column_joins_where_testable():
+    explanations = pd.DataFrame({"filter": [0, 0, 1], "rank": [1, 2, 1], "word": ["red", "dog", "sky"]})
+    scores = pd.DataFrame({"filter": [0, 1], "word": ["red", "sky"], "testable": [True, False], "auc": [0.9, np.nan]})
+    joined = attach_faithfulness(explanations, scores)
+    assert joined["faithfulness"].iloc[0] == 0.9 and joined["faithfulness"].iloc[1:].isna().all()
+    assert top_words(explanations).to_dict("list") == {"filter": [0, 1], "word": ["red", "sky"], "rank": [1, 1]}
+
+
+def test_invert_labels_find_the_planted_colours_with_the_auc_presence_scores_give(tiny_store):
+    from lavise_nb.evaluate import invert_labels
+
+    labels = invert_labels(tiny_store, top_words=3)
+    first = labels[labels["rank"] == 1].set_index("filter")
+    for colour, f in COLOUR_FILTERS.items():
+        assert first.loc[f, "word"] == colour
+    again = PresenceScore(tiny_store).score(pd.DataFrame({"filter": [0], "word": [first.loc[0, "word"]]}))
+    assert again["auc"].iloc[0] == pytest.approx(first.loc[0, "auc"])
