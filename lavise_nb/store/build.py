@@ -30,7 +30,7 @@ import torch
 from .._utils.cache import cache_dir
 from .._utils.progress import progress
 from ..probe import LayerProbe, TargetModel, resolve_device
-from .format import folder_name, store_key, write_json, write_manifest
+from .format import LEFTOVERS, folder_name, store_key, write_json, write_manifest
 from .integrity import check_store, damaged
 from .locks import EndWithParent, remove_leftovers, store_lock
 from .masks import StoreCollate
@@ -163,8 +163,10 @@ def build_store(model: TargetModel, layer: str, dataset, root: str | Path | None
     shard_info = shard_range(shard, len(dataset))
     key = store_key(model, layer, dataset, settings.dtype)
     root = Path(root) if root is not None else cache_dir("stores")
-    root.mkdir(parents=True, exist_ok=True)
     path = root / folder_name(model.name, layer, key, shard_info)
+    if not rebuild and _reusable(path, key, shard_info):
+        return path
+    root.mkdir(parents=True, exist_ok=True)
     with store_lock(path, notice=_notice if show_progress else None):
         if rebuild and path.exists():
             shutil.rmtree(path)
@@ -183,6 +185,17 @@ def build_store(model: TargetModel, layer: str, dataset, root: str | Path | None
 
 def _notice(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _reusable(path: Path, key: dict, shard: dict | None) -> bool:
+    """Whether ``path`` holds the intact store of ``key`` with nothing to tidy (usable without the lock,
+    so on a read-only disk too)."""
+    try:
+        manifest = check_store(path)
+    except (OSError, ValueError):
+        return False
+    leftovers = any((path / name).exists() for name in LEFTOVERS)
+    return manifest["key"] == key and manifest.get("shard") == shard and not leftovers
 
 
 def _complete_store(path: Path, key: dict, shard: dict | None) -> Path:

@@ -92,14 +92,13 @@ def read_manifest(folder: Path) -> dict:
 
 
 def expected_arrays(manifest: dict) -> dict:
-    """Name -> (shape, dtype or None) that each ``.npy`` file must have, from the manifest's fields."""
+    """Name -> (shape, dtype) that each ``.npy`` file must have by the manifest's fields (None: any)."""
     n, c, h, w = manifest["shape"]
-    arrays = {"maxima.npy": ((n, c), np.dtype(np.float32)), "thresholds.npy": ((c,), np.dtype(np.float32))}
+    arrays = {"maxima.npy": ((n, c), None), "thresholds.npy": ((c,), None)}
     if not manifest.get("shards"):
         k = manifest["n_objects"]
         arrays.update({"activations.npy": ((n, c, h, w), np.dtype(manifest["dtype"])),
-                       "object_masks.npy": ((k, None), np.dtype(np.uint8)),
-                       "object_masks_small.npy": ((k, h, w), np.dtype(np.float32))})
+                       "object_masks.npy": ((k, None), None), "object_masks_small.npy": ((k, h, w), None)})
     return arrays
 
 
@@ -140,9 +139,9 @@ def _check_header(folder: Path, name: str, size: int, expected, recorded, merged
         wanted.append((tuple(recorded["shape"]), np.dtype(recorded["dtype"])))
     for want_shape, want_dtype in wanted:
         fits = len(want_shape) == len(shape) and all(w is None or w == v for w, v in zip(want_shape, shape))
-        if not fits or dtype != want_dtype:
+        if not fits or want_dtype not in (None, dtype):
             raise damaged(folder, name, f"holds a {dtype} array of shape {shape}, the manifest says "
-                          f"{want_dtype} {tuple(want_shape)}", merged)
+                          f"{want_dtype or 'an array of shape'} {tuple(want_shape)}", merged)
     needed = offset + int(np.prod(shape)) * dtype.itemsize
     if size != needed:
         raise damaged(folder, name, f"has {size} bytes, its header needs {needed} (cut short, or grown)", merged)
