@@ -139,6 +139,7 @@ def test_builds_killed_at_random_moments_resume_bit_identical(tmp_path, tiny_mod
         if _exit_code(pid) != -signal.SIGKILL:
             shutil.rmtree(root)                     # finished before the kill: not a kill moment
             finished += 1
+            seconds *= 0.8
             continue
         moments.append(_progress(root / folder.name))
         assert _exit_code(_fork(_build, tiny_model, data, root)) == 0
@@ -299,10 +300,29 @@ def test_a_store_without_file_entries_opens_quietly(store_copy):
         ActivationStore.open(store_copy)
 
 
-def test_a_damaged_shard_is_named_by_the_merged_store(tmp_path, tiny_model, data):
+def test_a_changed_part_file_stops_the_resumed_build(tmp_path, tiny_model, data, reference):
+    def interrupted():
+        with pytest.raises(BuildInterrupted):
+            _build(tiny_model, data, tmp_path, max_batches=3)
+    assert _exit_code(_fork(interrupted)) == 0
+    part = tmp_path / reference[0].name / "parts" / "000001.npz"
+    part.write_bytes(part.read_bytes()[:-1] + b"?")
+    with pytest.raises(StoreDamagedError, match="parts/000001.npz: differs from the checksum"):
+        _build(tiny_model, data, tmp_path)
+    assert _exit_code(_fork(_build, tiny_model, data, tmp_path, rebuild=True)) == 0
+    assert_same_store(tmp_path / reference[0].name, reference[0])
+
+
+def test_a_damaged_merge_is_merged_again_and_names_a_damaged_shard(tmp_path, tiny_model, data):
     shards = [ActivationStore.build(tiny_model, LAYER, data, tmp_path, SETTINGS, shard=(i, 2),
                                     show_progress=False).path for i in range(2)]
     merged = ActivationStore.merge(shards, tmp_path / "merged").path
+    good = _files(merged)
+    with open(merged / "maxima.npy", "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(StoreDamagedError, match="maxima.npy: has 200 bytes.*merge the shards again"):
+        ActivationStore.open(merged)
+    assert _files(ActivationStore.merge(shards, merged).path) == good
     _truncate(shards[1])
     with pytest.raises(StoreDamagedError, match=f"{shards[1] / 'activations.npy'}: has"):
         ActivationStore.open(merged)
