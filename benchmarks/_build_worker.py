@@ -44,7 +44,7 @@ def reset_peak() -> bool:
 def main() -> None:
     n, root, batch, workers, device = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     workers = None if workers == "auto" else int(workers)
-    from lavise_nb import ActivationStore
+    from lavise_nb.store import ActivationStore, BuildSettings
 
     model, data = setup(n)
     model.fingerprint           # hash the weights before timing (the store key needs it)
@@ -52,7 +52,7 @@ def main() -> None:
     before = _status("VmRSS") or setup_peak
     reset = reset_peak()
     start = time.perf_counter()
-    store = ActivationStore.build(model, LAYER, data, root=root, batch_size=batch, num_workers=workers,
+    store = ActivationStore.build(model, LAYER, data, root, BuildSettings(batch_size=batch, num_workers=workers),
                                   device=device, show_progress=False)
     seconds = time.perf_counter() - start
     build_peak = peak_rss_mb()

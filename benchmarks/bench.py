@@ -54,6 +54,7 @@ from lavise_nb.datasets import collate_samples  # noqa: E402
 from lavise_nb.mapper import ExplainerHead, pool_features, ranking_loss  # noqa: E402
 from lavise_nb.probe import LayerProbe, resolve_device  # noqa: E402
 from lavise_nb.config import ExplainSettings  # noqa: E402
+from lavise_nb.store import BuildSettings  # noqa: E402
 from lavise_nb.store.thresholds import TailHistogram, histogram_quantiles, load_histogram  # noqa: E402
 
 TARGETS = {
@@ -95,8 +96,8 @@ def bare_forward(model, data, batch_size, workers, device, truncated: bool, keep
 
 def build_store(model, data, root, batch_size, workers, device):
     with Timer(device) as timer:
-        store = ActivationStore.build(model, LAYER, data, root=root, batch_size=batch_size, num_workers=workers,
-                                      device=device, show_progress=False)
+        settings = BuildSettings(batch_size=batch_size, num_workers=workers)
+        store = ActivationStore.build(model, LAYER, data, root, settings, device=device, show_progress=False)
     return timer.seconds, store
 
 

@@ -6,8 +6,14 @@ import torch
 
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.probe import LayerProbe, wrap_model
-from lavise_nb.store import ActivationStore, BuildInterrupted
+from lavise_nb.store import ActivationStore, BuildInterrupted, BuildSettings
 from tests.conftest import RED_FILTER, planted_net
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, tiny_model, shapes):
+    return ActivationStore.build(tiny_model, "features.1", shapes, tmp_path_factory.mktemp("stores"),
+                                 BuildSettings(batch_size=32, num_workers=0), show_progress=False)
 
 
 def _has_red(shapes, i):
@@ -69,8 +75,8 @@ def test_same_key_reuses_without_running_the_model(tiny_store, tiny_model, shape
     def boom(*args, **kwargs):
         raise AssertionError("the model ran")
     monkeypatch.setattr(tiny_model.module, "forward", boom)
-    again = ActivationStore.build(tiny_model, "features.1", shapes, root=tiny_store.path.parent,
-                                  num_workers=0, show_progress=False)
+    again = ActivationStore.build(tiny_model, "features.1", shapes, tiny_store.path.parent,
+                                  BuildSettings(num_workers=0), show_progress=False)
     assert again.path == tiny_store.path
 
 
@@ -78,10 +84,11 @@ def test_changed_key_builds_a_new_store(tiny_store, tiny_model, shapes):
     other_data = ShapesWorld(40, seed=1)
     other_model = wrap_model(planted_net(seed=3), shapes.preprocess, "planted")
     root = tiny_store.path.parent
-    a = ActivationStore.build(tiny_model, "features.1", other_data, root=root, num_workers=0, show_progress=False)
-    b = ActivationStore.build(other_model, "features.1", ShapesWorld(40, seed=0), root=root, num_workers=0,
+    settings = BuildSettings(num_workers=0)
+    a = ActivationStore.build(tiny_model, "features.1", other_data, root, settings, show_progress=False)
+    b = ActivationStore.build(other_model, "features.1", ShapesWorld(40, seed=0), root, settings,
                               show_progress=False)
-    c = ActivationStore.build(tiny_model, "features.4", ShapesWorld(40, seed=0), root=root, num_workers=0,
+    c = ActivationStore.build(tiny_model, "features.4", ShapesWorld(40, seed=0), root, settings,
                               show_progress=False)
     assert len({a.path, b.path, c.path, tiny_store.path}) == 4
     assert a.shape[0] == 40 and c.shape[1] == 12
@@ -89,18 +96,17 @@ def test_changed_key_builds_a_new_store(tiny_store, tiny_model, shapes):
 
 def test_interrupted_build_resumes_and_equals_a_full_build(tmp_path, tiny_model):
     data = ShapesWorld(50, seed=4)
+    settings = BuildSettings(batch_size=8, num_workers=0)
     with pytest.raises(BuildInterrupted) as stopped:
-        ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "a", batch_size=8,
-                              num_workers=0, show_progress=False, max_batches=3)
+        ActivationStore.build(tiny_model, "features.4", data, tmp_path / "a", settings, show_progress=False,
+                              max_batches=3)
     folder = stopped.value.path
     assert folder.parent == tmp_path / "a" and (stopped.value.done, stopped.value.total) == (24, 50)
     assert not (folder / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="not a complete"):
         ActivationStore.open(folder)
-    resumed = ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "a", batch_size=8,
-                                    num_workers=0, show_progress=False)
-    full = ActivationStore.build(tiny_model, "features.4", data, root=tmp_path / "b", batch_size=8,
-                                 num_workers=0, show_progress=False)
+    resumed = ActivationStore.build(tiny_model, "features.4", data, tmp_path / "a", settings, show_progress=False)
+    full = ActivationStore.build(tiny_model, "features.4", data, tmp_path / "b", settings, show_progress=False)
     np.testing.assert_array_equal(np.asarray(resumed.activations), np.asarray(full.activations))
     np.testing.assert_array_equal(resumed.thresholds, full.thresholds)
     assert resumed.objects.equals(full.objects)
@@ -113,8 +119,8 @@ def test_bad_image_is_recorded_not_fatal(tmp_path, tiny_model):
         Image.new("RGB", (80, 60), (255 * (i % 2), 0, 0)).save(tmp_path / f"img{i}.png")
     (tmp_path / "img2.png").write_bytes(b"not a png")
     data = ImageFolderDataset(tmp_path, tiny_model.preprocess)
-    store = ActivationStore.build(tiny_model, "features.1", data, root=tmp_path / "stores", batch_size=2,
-                                  num_workers=0, show_progress=False)
+    store = ActivationStore.build(tiny_model, "features.1", data, tmp_path / "stores",
+                                  BuildSettings(batch_size=2, num_workers=0), show_progress=False)
     assert store.index["valid"].tolist() == [True, True, False, True, True]
     assert store.index.loc[2, "error"]
     assert np.isneginf(np.asarray(store.maxima)[2]).all()

@@ -6,7 +6,7 @@ import torch
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import ExplainerTrainer, pair_table, pooled_pairs
-from lavise_nb.store import ActivationStore, ConcatRows
+from lavise_nb.store import ActivationStore, BuildSettings, ConcatRows
 from lavise_nb.store.thresholds import TailHistogram, histogram_quantiles
 from tests.helpers import shapes_space
 from lavise_nb.config import ExplainSettings, TrainingConfig
@@ -22,7 +22,7 @@ def single(tmp_path_factory, tiny_model, data):
     # one image per forward pass, here and in the shards: a convolution's float rounding can depend on the
     # batch size and thread count, and the shards' batches would otherwise hold other images
     root = tmp_path_factory.mktemp("single")
-    return ActivationStore.build(tiny_model, "features.1", data, root=root, batch_size=1, num_workers=0,
+    return ActivationStore.build(tiny_model, "features.1", data, root, BuildSettings(batch_size=1, num_workers=0),
                                  show_progress=False)
 
 
@@ -30,22 +30,22 @@ def single(tmp_path_factory, tiny_model, data):
 def merged(request, tmp_path_factory, tiny_model, data):
     root = tmp_path_factory.mktemp("shards")
     count = request.param
-    shards = [ActivationStore.build(tiny_model, "features.1", data, root=root, batch_size=1, num_workers=0,
-                                    show_progress=False, shard=(i, count)) for i in range(count)]
+    settings = BuildSettings(batch_size=1, num_workers=0)
+    shards = [ActivationStore.build(tiny_model, "features.1", data, root, settings, shard=(i, count),
+                                    show_progress=False) for i in range(count)]
     return ActivationStore.merge([s.path for s in reversed(shards)], root / "merged")
 
 
 def test_shards_hold_contiguous_ranges(tmp_path, tiny_model, data):
-    a = ActivationStore.build(tiny_model, "features.1", data, root=tmp_path, batch_size=16, num_workers=0,
-                              show_progress=False, shard=(0, 2))
-    b = ActivationStore.build(tiny_model, "features.1", data, root=tmp_path, batch_size=16, num_workers=0,
-                              show_progress=False, shard=(1, 2))
+    settings = BuildSettings(batch_size=16, num_workers=0)
+    a = ActivationStore.build(tiny_model, "features.1", data, tmp_path, settings, shard=(0, 2), show_progress=False)
+    b = ActivationStore.build(tiny_model, "features.1", data, tmp_path, settings, shard=(1, 2), show_progress=False)
     assert a.path != b.path and a.manifest["key"] == b.manifest["key"]
     assert (a.shape[0], b.shape[0]) == (35, 35)
     assert a.manifest["shard"]["start"] == 0 and b.manifest["shard"]["start"] == 35
     assert list(b.index["image_id"]) == list(data.records["image_id"][35:])
-    again = ActivationStore.build(tiny_model, "features.1", data, root=tmp_path, num_workers=0,
-                                  show_progress=False, shard=(1, 2))
+    again = ActivationStore.build(tiny_model, "features.1", data, tmp_path, BuildSettings(num_workers=0),
+                                  shard=(1, 2), show_progress=False)
     assert again.path == b.path
     with pytest.raises(ValueError, match="contiguous"):
         ActivationStore.merge([a.path], tmp_path / "broken")
@@ -86,8 +86,9 @@ def test_mapper_and_explainer_work_on_a_merged_store(single, merged):
 
 
 def test_float32_shards_merge_by_an_exact_pass(tmp_path, tiny_model, data):
-    shards = [ActivationStore.build(tiny_model, "features.1", data, root=tmp_path, batch_size=16, num_workers=0,
-                                    show_progress=False, dtype="float32", shard=(i, 2)) for i in range(2)]
+    settings = BuildSettings(batch_size=16, num_workers=0, dtype="float32")
+    shards = [ActivationStore.build(tiny_model, "features.1", data, tmp_path, settings, shard=(i, 2),
+                                    show_progress=False) for i in range(2)]
     merged = ActivationStore.merge([s.path for s in shards], tmp_path / "merged")
     acts = np.asarray(merged.activations)
     expected = np.quantile(acts.transpose(1, 0, 2, 3).reshape(acts.shape[1], -1), 0.995, axis=1)

@@ -3,14 +3,18 @@
 =============  ==============================================================
 ``format``     the files of a store, its key, folder name and manifest
 ``thresholds`` per-filter quantiles: the streaming tail histogram, exact passes
-``writers``    row writer for .npy files, the build's part files
+``writers``    row writer for .npy files, the build's part files, checksums
 ``masks``      packing and pooling object masks, the build loader's collate
-``build``      building (resumable, in shards) and merging shards
-``read``       :class:`ActivationStore` (open, read, build, merge), :class:`ConcatRows`
+``integrity``  checking a store against its manifest (sizes, headers, checksums)
+``locks``      the lock per store, loader workers that end with their builder
+``build``      :class:`BuildSettings`, building (resumable, in shards)
+``merge``      merging shards
+``read``       :class:`ActivationStore` (open, verify, read, build, merge), :class:`ConcatRows`
 =============  ==============================================================
 """
-from .build import BuildInterrupted
+from .build import BuildInterrupted, BuildSettings
 from .format import store_key
+from .integrity import StoreDamagedError
 from .read import ActivationStore, ConcatRows
 
-__all__ = ["ActivationStore", "BuildInterrupted", "ConcatRows", "store_key"]
+__all__ = ["ActivationStore", "BuildInterrupted", "BuildSettings", "ConcatRows", "StoreDamagedError", "store_key"]

@@ -8,15 +8,19 @@ complete batch, and a store only counts as complete once ``manifest.json`` exist
 
 Large datasets can be built in shards, ``shard=(i, n)`` (contiguous image ranges, one
 folder each, on any number of processes or machines), and combined with
-:func:`merge_shards`: the merged folder holds the index, objects, maxima and
-thresholds over all shards and reads the shards' activations and masks through
-:class:`~lavise_nb.store.read.ConcatRows` views.
+:func:`lavise_nb.store.merge.merge_shards`.
+
+A build holds the store's lock (:mod:`lavise_nb.store.locks`), so processes that
+build one store at once take turns: the first builds, the others then open its result.
 """
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +30,70 @@ import torch
 from .._utils.cache import cache_dir
 from .._utils.progress import progress
 from ..probe import LayerProbe, TargetModel, resolve_device
-from .format import folder_name, store_key, write_json, write_manifest
+from .format import LEFTOVERS, folder_name, store_key, write_json, write_manifest
+from .integrity import check_store, damaged
+from .locks import EndWithParent, remove_leftovers, store_lock
 from .masks import StoreCollate
-from .read import ActivationStore, ConcatRows
-from .thresholds import TailHistogram, load_histogram, merge_histograms, store_thresholds
-from .writers import RowWriter, concat_parts, part_files, read_parts, write_part
+from .thresholds import TailHistogram, load_histogram, store_thresholds
+from .writers import RowWriter, concat_parts, file_digest, part_files, read_digests, read_parts, write_part
 
-__all__ = ["BuildInterrupted", "build_store", "finalize", "merge_shards", "resume_histogram", "shard_range"]
+__all__ = ["BuildInterrupted", "BuildSettings", "build_store", "checked_parts", "finalize", "resume_histogram",
+           "shard_range"]
+
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How a store is built; every field is checked when the settings are made.
+
+    The store's key holds only ``dtype`` of these: the others change how the build runs
+    (or, for ``quantile``, the thresholds), not which folder it writes.
+
+    Parameters
+    ----------
+    batch_size : int
+        Images per forward pass, >= 1.
+    num_workers : int or None
+        DataLoader worker processes, >= 0; None takes ``min(2, CPU count)``.
+    dtype : str
+        ``"float16"`` (default) or ``"float32"`` storage for activations.
+    quantile : float
+        Threshold quantile, in (0, 1); 0.995 gives P(a_u > T_u) = 0.005 as Network Dissection.
+    amp : bool
+        Autocast extraction to float16 on cuda.
+
+    Raises
+    ------
+    ValueError
+        A field outside its range; the message names the field and the range.
+    """
+
+    batch_size: int = 64
+    num_workers: int | None = None
+    dtype: str = "float16"
+    quantile: float = 0.995
+    amp: bool = False
+
+    def __post_init__(self):
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, not {self.batch_size!r}")
+        if self.num_workers is not None and (not _is_int(self.num_workers) or self.num_workers < 0):
+            raise ValueError(f"num_workers must be an int >= 0, or None for min(2, CPU count); "
+                             f"not {self.num_workers!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, not {self.dtype!r}")
+        q = self.quantile
+        if not isinstance(q, numbers.Real) or isinstance(q, bool) or not 0 < q < 1:
+            raise ValueError(f"quantile must be a number in (0, 1), e.g. 0.995; not {q!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp must be True or False, not {self.amp!r}")
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        object.__setattr__(self, "quantile", float(q))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class BuildInterrupted(Exception):
@@ -63,6 +124,8 @@ def shard_range(shard: tuple[int, int] | None, total: int) -> dict | None:
     i, count = (int(v) for v in shard)
     if not (count >= 1 and 0 <= i < count):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, not {shard!r}")
+    if i * total // count == (i + 1) * total // count:
+        raise ValueError(f"shard {shard!r} of {total} images holds no image; use at most {total} shards")
     return {"index": i, "count": count, "start": i * total // count, "stop": (i + 1) * total // count,
             "total": total}
 
@@ -71,11 +134,9 @@ def _image_range(shard: dict | None, total: int) -> tuple[int, int]:
     return (shard["start"], shard["stop"]) if shard else (0, total)
 
 
-def build_store(model: TargetModel, layer: str, dataset, root: str | Path | None = None, *,
-                batch_size: int = 64, num_workers: int | None = None, device="auto",
-                dtype: str = "float16", quantile: float = 0.995, amp: bool = False,
-                show_progress: bool = True, max_batches: int | None = None,
-                shard: tuple[int, int] | None = None) -> Path:
+def build_store(model: TargetModel, layer: str, dataset, root: str | Path | None = None,
+                settings: BuildSettings | None = None, *, device="auto", shard: tuple[int, int] | None = None,
+                max_batches: int | None = None, rebuild: bool = False, show_progress: bool = True) -> Path:
     """Build a store, or find a complete one with the same key; see :meth:`ActivationStore.build`.
 
     Returns
@@ -87,30 +148,62 @@ def build_store(model: TargetModel, layer: str, dataset, root: str | Path | None
     ------
     BuildInterrupted
         When ``max_batches`` batches were written before the last image.
+    StoreDamagedError
+        The folder holds a damaged store (and ``rebuild`` is False).
     RuntimeError
         When the folder holds a complete store with another key.
     """
-    key = store_key(model, layer, dataset, dtype)
-    root = Path(root) if root is not None else cache_dir("stores")
+    settings = BuildSettings() if settings is None else settings
+    if not isinstance(settings, BuildSettings):
+        raise TypeError(f"settings must be a BuildSettings, e.g. BuildSettings(batch_size=32), "
+                        f"not {type(settings).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset has no images; a store needs at least one")
+    model.resolve(layer)
     shard_info = shard_range(shard, len(dataset))
+    key = store_key(model, layer, dataset, settings.dtype)
+    root = Path(root) if root is not None else cache_dir("stores")
     path = root / folder_name(model.name, layer, key, shard_info)
-    if (path / "manifest.json").is_file():
-        manifest = json.loads((path / "manifest.json").read_text())
-        if manifest["key"] == key and manifest.get("shard") == shard_info:
-            return path
+    if not rebuild and _reusable(path, key, shard_info):
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    with store_lock(path, notice=_notice if show_progress else None):
+        if rebuild and path.exists():
+            shutil.rmtree(path)
+        if (path / "manifest.json").exists():
+            return _complete_store(path, key, shard_info)
+        device = resolve_device(device)
+        model.to(device)
+        job = _StoreBuild(model, layer, dataset, path, key, shard_info, settings, device, show_progress)
+        try:
+            job.run(max_batches)
+        finally:
+            if not (path / "building.json").is_file() and not (path / "manifest.json").is_file():
+                shutil.rmtree(path, ignore_errors=True)     # nothing to resume: leave no folder
+    return path
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _reusable(path: Path, key: dict, shard: dict | None) -> bool:
+    """Whether ``path`` holds the intact store of ``key`` with nothing to tidy (usable without the lock,
+    so on a read-only disk too)."""
+    try:
+        manifest = check_store(path)
+    except (OSError, ValueError):
+        return False
+    leftovers = any((path / name).exists() for name in LEFTOVERS)
+    return manifest["key"] == key and manifest.get("shard") == shard and not leftovers
+
+
+def _complete_store(path: Path, key: dict, shard: dict | None) -> Path:
+    """``path`` once checked to hold the store of ``key`` (and ``shard``), without a killed build's leftovers."""
+    manifest = check_store(path)
+    if manifest["key"] != key or manifest.get("shard") != shard:
         raise RuntimeError(f"{path} holds a store with another key; remove it or choose another root")
-    device = resolve_device(device)
-    model.to(device)
-    job = _StoreBuild(model, layer, dataset, path, key, shard_info, batch_size=batch_size,
-                      num_workers=num_workers, device=device, dtype=dtype, quantile=quantile, amp=amp,
-                      show_progress=show_progress)
-    state = job.read_state()
-    done = job.write_batches(state, max_batches)
-    if done < job.stop - job.start:
-        raise BuildInterrupted(path, done, job.stop - job.start)
-    if job.histogram is not None:
-        job.histogram.save(path / "histogram.npz")
-    finalize(path, key, model.name, dataset, quantile, shard_info)
+    remove_leftovers(path, locked=True)
     return path
 
 
@@ -122,25 +215,42 @@ class _StoreBuild:
     :class:`TailHistogram` of a float16 store.
     """
 
-    def __init__(self, model, layer, dataset, path: Path, key: dict, shard: dict | None, *, batch_size,
-                 num_workers, device: torch.device, dtype, quantile, amp, show_progress):
+    def __init__(self, model, layer, dataset, path: Path, key: dict, shard: dict | None,
+                 settings: BuildSettings, device: torch.device, show_progress: bool):
         self.model, self.layer, self.dataset = model, layer, dataset
         self.path, self.key, self.shard = path, key, shard
         self.start, self.stop = _image_range(shard, len(dataset))
-        self.batch_size, self.num_workers, self.device = batch_size, num_workers, device
-        self.dtype, self.quantile, self.amp, self.show_progress = dtype, quantile, amp, show_progress
+        self.settings, self.device, self.show_progress = settings, device, show_progress
+        self.dtype, self.quantile = settings.dtype, settings.quantile
         self.parts = path / "parts"
         self.state_file = path / "building.json"
         self.acts = self.maxima = self.histogram = None
 
+    def run(self, max_batches: int | None) -> None:
+        """Write (or resume) every batch, then the store's other files and its manifest."""
+        done = self.write_batches(self.read_state(), max_batches)
+        if done < self.stop - self.start:
+            raise BuildInterrupted(self.path, done, self.stop - self.start)
+        if self.histogram is not None:
+            self.histogram.save(self.path / "histogram.npz")
+        finalize(self.path, self.key, self.model.name, self.dataset, self.quantile, self.shard)
+
     def read_state(self) -> dict | None:
-        """``building.json`` of an interrupted build with this key; another key's folder is emptied."""
+        """``building.json`` of an interrupted build with this key; a folder that cannot be resumed
+        (another key's, or an unreadable state) is emptied."""
         self.path.mkdir(parents=True, exist_ok=True)
-        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
-        if state is not None and (state.get("key") != self.key or state.get("shard") != self.shard):
+        try:
+            state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
+        except ValueError:
+            state = {}
+        needed = [self.parts, self.path / "activations.npy", self.path / "maxima.npy"]
+        if state is not None and (not isinstance(state, dict) or state.get("key") != self.key
+                                  or state.get("shard") != self.shard or not all(f.exists() for f in needed)):
             shutil.rmtree(self.path)
             self.path.mkdir(parents=True)
             state = None
+        if state:
+            read_digests(self.parts, state["batches"])
         return state
 
     def loader(self, first: int) -> torch.utils.data.DataLoader:
@@ -148,11 +258,12 @@ class _StoreBuild:
         size = int(self.dataset.preprocess.size)
         with LayerProbe(self.model, self.layer) as probe:
             map_size = probe(torch.zeros(1, 3, size, size, device=self.device)).shape[2:]
-        workers = min(2, os.cpu_count() or 1) if self.num_workers is None else self.num_workers
+        workers = self.settings.num_workers
+        workers = min(2, os.cpu_count() or 1) if workers is None else workers
         return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.dataset, range(first, self.stop)), batch_size=self.batch_size,
+            torch.utils.data.Subset(self.dataset, range(first, self.stop)), batch_size=self.settings.batch_size,
             shuffle=False, num_workers=workers, collate_fn=StoreCollate(map_size, self.start),
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", worker_init_fn=EndWithParent() if workers else None,
         )
 
     def open_outputs(self, shape=None, done: int = 0, floors=None) -> None:
@@ -207,7 +318,8 @@ class _StoreBuild:
     def write_batch(self, probe: LayerProbe, batch: dict, batch_no: int) -> tuple[int, int]:
         """Activations, maxima, histogram and part file of one batch; returns its rows [lo, hi)."""
         images = batch["images"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp and self.device.type == "cuda"):
+        amp = self.settings.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
             features = probe(images)
         features = features.float()
         if self.acts is None:
@@ -245,7 +357,7 @@ def resume_histogram(path: Path, done: int, channels: int, floors, device, quant
     block : int
         Rows read at a time.
     """
-    errors = read_parts(part_files(path / "parts"), ["errors"]).get("errors", np.zeros(0, str))
+    errors = read_parts(checked_parts(path), ["errors"]).get("errors", np.zeros(0, str))
     valid = errors[:done] == ""
     histogram = TailHistogram(channels, device, floors)
     written = np.load(path / "activations.npy", mmap_mode="r")
@@ -257,8 +369,14 @@ def resume_histogram(path: Path, done: int, channels: int, floors, device, quant
 
 
 def finalize(path: Path, key: dict, model_name: str, dataset, quantile: float, shard: dict | None = None) -> None:
-    """Turn a build's parts into the store's masks, tables, thresholds and, last, its manifest."""
-    files = part_files(path / "parts")
+    """Turn a build's parts into the store's masks, tables, thresholds and, last, its manifest.
+
+    Raises
+    ------
+    StoreDamagedError
+        A part file is missing or differs from the checksum recorded when it was written.
+    """
+    files = checked_parts(path)
     parts = read_parts(files, ["errors", "image", "concept", "area"])
     objects = pd.DataFrame({"image": parts["image"], "concept": parts["concept"].astype(str),
                             "area": parts["area"]})
@@ -279,87 +397,22 @@ def finalize(path: Path, key: dict, model_name: str, dataset, quantile: float, s
     np.save(path / "thresholds.npy", store_thresholds(acts, index["valid"].to_numpy(), quantile, load_histogram(path)))
     shape, dtype = acts.shape, acts.dtype
     del acts
-    write_manifest(path, key, model_name=model_name, shape=shape, dtype=str(dtype),
-                   image_size=int(dataset.preprocess.size), quantile=quantile, n_objects=len(objects),
-                   n_invalid=(errors != "").sum(), supercategories=getattr(dataset, "supercategories", {}) or {},
-                   shard=shard)
-    shutil.rmtree(path / "parts")
-    (path / "building.json").unlink(missing_ok=True)
+    write_manifest(path, key, dict(model_name=model_name, shape=shape, dtype=str(dtype),
+                                   image_size=int(dataset.preprocess.size), quantile=quantile,
+                                   n_objects=len(objects), n_invalid=(errors != "").sum(),
+                                   supercategories=getattr(dataset, "supercategories", {}), shard=shard))
+    remove_leftovers(path, locked=True)
 
 
-def merge_shards(shard_paths, out_path: str | Path) -> Path:
-    """Combine shard stores into one; see :meth:`ActivationStore.merge`.
-
-    Returns
-    -------
-    pathlib.Path
-        ``out_path``, now a complete (merged) store.
-    """
-    stores, infos = _checked_shards(shard_paths)
-    out = Path(out_path)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
-    image_offsets = np.cumsum([0] + [s.shape[0] for s in stores])
-    object_offsets = np.cumsum([0] + [len(s.objects) for s in stores])
-    index = pd.concat([s.index.assign(image=s.index["image"].to_numpy() + off)
-                       for s, off in zip(stores, image_offsets)], ignore_index=True)
-    objects = pd.concat([s.objects.assign(object=s.objects["object"].to_numpy() + o_off,
-                                          image=s.objects["image"].to_numpy() + i_off)
-                         for s, o_off, i_off in zip(stores, object_offsets, image_offsets)],
-                        ignore_index=True)
-    n, c = int(image_offsets[-1]), stores[0].shape[1]
-    writer = RowWriter(out / "maxima.npy", (n, c), np.float32)
-    try:
-        for s, off in zip(stores, image_offsets):
-            writer.write(int(off), np.asarray(s.maxima))
-    finally:
-        writer.close()
-    index.to_parquet(out / "index.parquet", index=False)
-    objects.to_parquet(out / "objects.parquet", index=False)
-
-    first = stores[0].manifest
-    states = [load_histogram(s.path) for s in stores]
-    histogram = merge_histograms(states) if all(st is not None for st in states) else None
-    acts = ConcatRows([s.activations for s in stores])
-    np.save(out / "thresholds.npy", store_thresholds(acts, index["valid"].to_numpy(), first["quantile"], histogram))
-
-    supercategories = {}
-    for s in stores:
-        supercategories.update(s.manifest.get("supercategories", {}))
-    write_manifest(out, first["key"], model_name=first["model_name"], shape=[n, *stores[0].shape[1:]],
-                   dtype=first["dtype"], image_size=first["image_size"], quantile=first["quantile"],
-                   n_objects=len(objects), n_invalid=sum(s.manifest["n_invalid"] for s in stores),
-                   supercategories=supercategories, shards=[_relative(s.path, out) for s in stores],
-                   shard_ranges=[[i["start"], i["stop"]] for i in infos])
-    return out
-
-
-def _checked_shards(shard_paths) -> tuple[list[ActivationStore], list[dict]]:
-    """The shard stores and their manifests' shard entries, in image order, checked to fit together."""
-    stores = [ActivationStore(p) for p in shard_paths]
-    if not stores:
-        raise ValueError("merge needs at least one shard")
-    infos = [s.manifest.get("shard") for s in stores]
-    if any(info is None for info in infos):
-        raise ValueError("merge takes shard stores, built with ActivationStore.build(..., shard=(i, n))")
-    order = np.argsort([info["start"] for info in infos], kind="stable")
-    stores, infos = [stores[i] for i in order], [infos[i] for i in order]
-    key = stores[0].manifest["key"]
-    for s in stores[1:]:
-        if s.manifest["key"] != key:
-            raise ValueError(f"shards have different keys: {s.path} differs from {stores[0].path}")
-    if infos[0]["start"] != 0 or infos[-1]["stop"] != infos[0]["total"] or any(
-            a["stop"] != b["start"] for a, b in zip(infos, infos[1:])):
-        ranges = [(i["start"], i["stop"]) for i in infos]
-        raise ValueError(f"shards do not cover the dataset contiguously (total {infos[0]['total']}): {ranges}")
-    if len({s.shape[1:] for s in stores}) != 1:
-        raise ValueError("shards have different activation shapes")
-    return stores, infos
-
-
-def _relative(path: Path, start: Path) -> str:
-    """``path`` relative to ``start`` when possible (not across Windows drives), else absolute."""
-    try:
-        return os.path.relpath(path.resolve(), start.resolve())
-    except ValueError:
-        return str(path.resolve())
+def checked_parts(path: Path) -> list[Path]:
+    """The part files of the batches ``building.json`` counts, each checked against its checksum."""
+    batches = json.loads((path / "building.json").read_text())["batches"]
+    files = part_files(path / "parts", batches)
+    digests = read_digests(path / "parts", batches)
+    for file in files:
+        name = f"parts/{file.name}"
+        if not file.is_file():
+            raise damaged(path, name, "is missing (the build cannot be finished)")
+        if file.name in digests and file_digest(file) != digests[file.name]:
+            raise damaged(path, name, "differs from the checksum recorded when it was written")
+    return files

@@ -13,11 +13,17 @@ A store is a directory::
     object_masks_small.npy (n_objects, h, w) float32, masks area-averaged to the map size
     histogram.npz          float16 stores: the per-filter tail histogram the thresholds come from
 
-While a build runs, the folder also holds ``building.json`` (its progress) and
-``parts/`` (one ``.npz`` per batch: masks and errors); both go once ``manifest.json``
-is written, and only a folder with ``manifest.json`` is a complete store.
+The manifest also lists each of these files (``files``): its size in bytes, a BLAKE2b
+checksum and, for ``.npy`` files, shape and dtype; :mod:`lavise_nb.store.integrity`
+checks them.
 
-A merged store (:func:`lavise_nb.store.build.merge_shards`) holds the index, objects,
+While a build runs, the folder also holds ``building.json`` (its progress) and
+``parts/`` (one ``.npz`` per batch: masks and errors, and ``checksums.txt``); both go
+once ``manifest.json`` is written, and only a folder with ``manifest.json`` is a
+complete store. Beside the folder, ``<folder>.lock`` keeps two builds (or merges) of
+one store apart (:mod:`lavise_nb.store.locks`).
+
+A merged store (:func:`lavise_nb.store.merge.merge_shards`) holds the index, objects,
 maxima and thresholds over all shards; its manifest lists the shard folders
 (``shards``, ``shard_ranges``), which keep the activations and masks.
 """
@@ -30,13 +36,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._utils.version import VERSION
+from .writers import describe_files
 
 if TYPE_CHECKING:
     from ..probe import TargetModel
 
-__all__ = ["FORMAT", "folder_name", "key_hash", "slug", "store_key", "write_json", "write_manifest"]
+__all__ = ["FORMAT", "LEFTOVERS", "MERGED_FILES", "STORE_FILES", "folder_name", "key_hash", "slug", "store_key",
+           "write_json", "write_manifest"]
 
 FORMAT = 1
+STORE_FILES = ("activations.npy", "maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet",
+               "object_masks.npy", "object_masks_small.npy", "histogram.npz")
+MERGED_FILES = ("maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet")
+LEFTOVERS = ("building.json", "parts", "manifest.json.tmp", "building.json.tmp", "histogram.tmp.npz")
 
 
 def slug(text: str) -> str:
@@ -76,10 +88,7 @@ def folder_name(model_name: str, layer: str, key: dict, shard: dict | None = Non
     return name
 
 
-def write_manifest(folder: Path, key: dict, *, model_name: str, shape, dtype: str, image_size: int,
-                   quantile: float, n_objects: int, n_invalid: int, supercategories: dict,
-                   shard: dict | None = None, shards: list[str] | None = None,
-                   shard_ranges: list | None = None) -> dict:
+def write_manifest(folder: Path, key: dict, contents: dict) -> dict:
     """Write ``manifest.json``, the file that marks ``folder`` as a complete store.
 
     Parameters
@@ -87,41 +96,36 @@ def write_manifest(folder: Path, key: dict, *, model_name: str, shape, dtype: st
     folder : pathlib.Path
     key : dict
         From :func:`store_key`.
-    model_name, dtype : str
-        The model's name; the activations' dtype (``"float16"`` or ``"float32"``).
-    shape : sequence of int
-        (N, C, h, w) of the activations.
-    image_size, n_objects, n_invalid : int
-        Input size S; number of object masks; number of unreadable images.
-    quantile : float
-        The thresholds' quantile.
-    supercategories : dict
-        Concept -> supercategory.
-    shard : dict, optional
-        A shard's ``index``, ``count``, ``start``, ``stop`` and ``total``.
-    shards, shard_ranges : list, optional
-        A merged store's shard folders (relative to ``folder`` when possible) and their
-        ``[start, stop)`` image ranges.
+    contents : dict
+        ``model_name`` (str), ``shape`` ((N, C, h, w) of the activations), ``dtype``
+        (``"float16"`` or ``"float32"``), ``image_size`` (input size S), ``quantile`` (the
+        thresholds'), ``n_objects``, ``n_invalid`` (object masks; unreadable images),
+        ``supercategories`` (concept -> supercategory); optionally ``shard`` (a shard's
+        ``index``, ``count``, ``start``, ``stop`` and ``total``), or for a merged store
+        ``shards`` (its shard folders, relative to ``folder`` when possible),
+        ``shard_ranges`` (their ``[start, stop)`` image ranges) and ``shard_manifests``
+        (the checksums of their manifests). None values are left out.
 
     Returns
     -------
     dict
-        The manifest written.
+        The manifest written; its ``files`` describe the store's files as they are now.
     """
     manifest = {
         "key": key,
         "key_hash": key_hash(key),
-        "model_name": model_name,
-        "shape": [int(v) for v in shape],
-        "dtype": str(dtype),
-        "image_size": int(image_size),
-        "quantile": quantile,
-        "n_objects": int(n_objects),
-        "n_invalid": int(n_invalid),
-        "supercategories": dict(supercategories),
+        "model_name": contents["model_name"],
+        "shape": [int(v) for v in contents["shape"]],
+        "dtype": str(contents["dtype"]),
+        "image_size": int(contents["image_size"]),
+        "quantile": float(contents["quantile"]),
+        "n_objects": int(contents["n_objects"]),
+        "n_invalid": int(contents["n_invalid"]),
+        "supercategories": dict(contents.get("supercategories") or {}),
         "package_version": VERSION,
     }
-    optional = {"shard": shard, "shards": shards, "shard_ranges": shard_ranges}
-    manifest.update({name: value for name, value in optional.items() if value is not None})
+    optional = ("shard", "shards", "shard_ranges", "shard_manifests")
+    manifest.update({name: contents[name] for name in optional if contents.get(name) is not None})
+    manifest["files"] = describe_files(folder, MERGED_FILES if manifest.get("shards") else STORE_FILES)
     write_json(folder / "manifest.json", manifest)
     return manifest

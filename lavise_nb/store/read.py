@@ -1,11 +1,11 @@
 """Reading an activation store: :class:`ActivationStore` and the :class:`ConcatRows` view.
 
-See :mod:`lavise_nb.store.format` for the files of a store and
-:mod:`lavise_nb.store.build` for building and merging one.
+See :mod:`lavise_nb.store.format` for the files of a store, :mod:`lavise_nb.store.build`
+and :mod:`lavise_nb.store.merge` for building and merging one, and
+:mod:`lavise_nb.store.integrity` for the checks every open makes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..probe import TargetModel
+from .build import BuildSettings, build_store
+from .integrity import check_store, damaged, verify_files
+from .locks import remove_leftovers
 from .masks import unpack_masks
 
 __all__ = ["ActivationStore", "ConcatRows"]
@@ -139,21 +142,17 @@ class ActivationStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        if not manifest.is_file():
-            raise FileNotFoundError(
-                f"{self.path} is not a complete activation store (no manifest.json); "
-                "build it with ActivationStore.build(...)"
-            )
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = check_store(self.path)
+        remove_leftovers(self.path)
         shards = self.manifest.get("shards")
         if shards:
             paths = [(self.path / shard).resolve() for shard in shards]
             missing = [str(q) for q in paths if not (q / "manifest.json").is_file()]
             if missing:
                 raise FileNotFoundError(f"{self.path} lists shards that are missing or incomplete: {missing}")
-            parts = [np.load(q / "activations.npy", mmap_mode="r") for q in paths]
-            self.activations = ConcatRows(parts)
+            for q in paths:
+                check_store(q)
+            self.activations = ConcatRows([np.load(q / "activations.npy", mmap_mode="r") for q in paths])
             self.packed_masks = ConcatRows([np.load(q / "object_masks.npy", mmap_mode="r") for q in paths])
             self.packed_masks_small = ConcatRows([np.load(q / "object_masks_small.npy", mmap_mode="r") for q in paths])
             self.shard_paths = paths
@@ -164,13 +163,59 @@ class ActivationStore:
             self.shard_paths = None
         self.maxima = np.load(self.path / "maxima.npy", mmap_mode="r")
         self.thresholds = np.load(self.path / "thresholds.npy")
-        self.index = pd.read_parquet(self.path / "index.parquet")
-        self.objects = pd.read_parquet(self.path / "objects.parquet")
+        self.index = self._table("index.parquet", int(self.manifest["shape"][0]))
+        self.objects = self._table("objects.parquet", int(self.manifest["n_objects"]))
+        if tuple(self.activations.shape) != tuple(self.manifest["shape"]):
+            raise damaged(self.path, "manifest.json", f"says shape {self.manifest['shape']}, its arrays hold "
+                          f"{list(self.activations.shape)}", bool(shards))
+
+    def _table(self, name: str, rows: int) -> pd.DataFrame:
+        try:
+            table = pd.read_parquet(self.path / name)
+        except (OSError, ValueError) as error:
+            raise damaged(self.path, name, f"cannot be read ({error})", bool(self.shard_paths)) from None
+        if len(table) != rows:
+            raise damaged(self.path, name, f"has {len(table)} rows, the manifest says {rows}", bool(self.shard_paths))
+        return table
 
     @classmethod
     def open(cls, path: str | Path) -> "ActivationStore":
-        """Open a complete store read-only."""
+        """Open a complete store read-only, after the cheap checks of its files.
+
+        Each file's size and ``.npy`` header must match the manifest, whose key must match the
+        folder (:func:`~lavise_nb.store.integrity.check_store`); :meth:`verify` also compares
+        checksums. Leftovers of a build killed after its manifest was written are removed.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` holds no complete store (no ``manifest.json``).
+        StoreDamagedError
+            A file is missing, cut short or does not match the manifest, or the manifest is
+            invalid; the message names the file and the fix.
+        """
         return cls(path)
+
+    def verify(self) -> list[Path]:
+        """Compare every file's checksum (and each shard's, for a merged store) with the manifest's.
+
+        Reads every byte, so it takes as long as reading the store once; it finds what the checks
+        of :meth:`open` cannot, such as zeroed or altered values in a file of the right size.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files checked; without those of a store written before manifests held checksums.
+
+        Raises
+        ------
+        StoreDamagedError
+            The first file whose contents differ from what the build wrote.
+        """
+        checked = verify_files(self.path, self.manifest)
+        for shard in self.shard_paths or []:
+            checked += verify_files(shard, check_store(shard))
+        return checked
 
     def __repr__(self) -> str:
         n, c, h, w = self.shape
@@ -259,17 +304,17 @@ class ActivationStore:
 
 
     @classmethod
-    def build(cls, model: TargetModel, layer: str, dataset, root: str | Path | None = None, *,
-              batch_size: int = 64, num_workers: int | None = None, device="auto",
-              dtype: str = "float16", quantile: float = 0.995, amp: bool = False,
-              show_progress: bool = True, max_batches: int | None = None,
-              shard: tuple[int, int] | None = None) -> "ActivationStore":
+    def build(cls, model: TargetModel, layer: str, dataset, root: str | Path | None = None,
+              settings: BuildSettings | None = None, *, device="auto", shard: tuple[int, int] | None = None,
+              max_batches: int | None = None, rebuild: bool = False, show_progress: bool = True) -> "ActivationStore":
         """Build the store of ``model``'s ``layer`` over ``dataset``, or reuse a matching one.
 
         One pass over the data: activations are written as they come (plain file writes, so
         resident memory does not grow with the dataset), maxima are taken in float32 and the
         thresholds come from a streaming histogram of the stored float16 values (exact).
-        An interrupted build resumes from its last complete batch.
+        An interrupted build resumes from its last complete batch. The build holds the store's
+        lock (``<folder>.lock`` beside it): another process building the same store waits, then
+        opens the finished store (or resumes, if this one died).
 
         Parameters
         ----------
@@ -277,28 +322,28 @@ class ActivationStore:
         layer : str
             Dotted layer name.
         dataset : torch.utils.data.Dataset
-            Follows the sample contract of :mod:`lavise_nb.datasets`.
+            Follows the sample contract of :mod:`lavise_nb.datasets`; at least one image.
         root : path, optional
             Parent folder of stores (default: the cache's ``stores/``). The store's
             own folder name holds the key's hash, so different keys never collide.
-        batch_size, num_workers : int
-            DataLoader settings (workers default to ``min(2, cpu count)``).
+        settings : BuildSettings, optional
+            Batch size, loader workers, dtype, threshold quantile, autocast (default:
+            ``BuildSettings()``). Only ``dtype`` is part of the store's key.
         device : str
             ``"auto"`` (cuda when present), ``"cpu"`` or ``"cuda"``.
-        dtype : str
-            ``"float16"`` (default) or ``"float32"`` storage for activations.
-        quantile : float
-            Threshold quantile; 0.995 gives P(a_u > T_u) = 0.005 as Network Dissection.
-        amp : bool
-            Autocast extraction to float16 on cuda.
-        max_batches : int, optional
-            Write at most this many batches in all (used to test resuming); when that stops
-            the build before its last image, :class:`~lavise_nb.store.build.BuildInterrupted`
-            is raised and building again resumes.
         shard : (i, n), optional
             Build only shard ``i`` of ``n``: the contiguous image range
             ``[i * N // n, (i + 1) * N // n)``, into its own folder (same key, plus the shard
             in the folder name and manifest). Combine the shards with :meth:`merge`.
+        max_batches : int, optional
+            Write at most this many batches in all (used to test resuming); when that stops
+            the build before its last image, :class:`~lavise_nb.store.build.BuildInterrupted`
+            is raised and building again resumes.
+        rebuild : bool
+            Delete whatever the folder holds (a complete, damaged or interrupted store) and
+            build it anew.
+        show_progress : bool
+            A progress bar, and a line when waiting for another process's build.
 
         Returns
         -------
@@ -309,14 +354,17 @@ class ActivationStore:
         ------
         BuildInterrupted
             ``max_batches`` stopped the build before its last image.
+        StoreDamagedError
+            The folder holds a damaged store; ``rebuild=True`` replaces it.
         RuntimeError
             The store's folder holds a complete store with another key.
+        ValueError
+            An empty dataset, or a shard that holds no image.
+        KeyError
+            ``model`` has no layer ``layer``.
         """
-        from .build import build_store
-
-        return cls(build_store(model, layer, dataset, root, batch_size=batch_size, num_workers=num_workers,
-                               device=device, dtype=dtype, quantile=quantile, amp=amp,
-                               show_progress=show_progress, max_batches=max_batches, shard=shard))
+        return cls(build_store(model, layer, dataset, root, settings, device=device, shard=shard,
+                               max_batches=max_batches, rebuild=rebuild, show_progress=show_progress))
 
     @classmethod
     def merge(cls, shard_paths, out_path: str | Path) -> "ActivationStore":
@@ -327,7 +375,8 @@ class ActivationStore:
         thresholds recomputed over all shards (from their histograms: no pass over the
         activations for float16 stores). Activations and masks stay in the shard folders
         and are read through :class:`ConcatRows` views; keep the shards next to it.
-        :meth:`open` on ``out_path`` gives the merged store.
+        :meth:`open` on ``out_path`` gives the merged store. Merging holds ``out_path``'s lock,
+        and a complete merge of the same shards is kept as it is.
 
         Raises
         ------
@@ -335,6 +384,6 @@ class ActivationStore:
             No shards, a store that is not a shard, different keys or activation shapes, or
             shards that do not cover the dataset contiguously.
         """
-        from .build import merge_shards
+        from .merge import merge_shards
 
         return cls(merge_shards(shard_paths, out_path))

@@ -7,11 +7,12 @@ exact second pass (:func:`quantile_by_channel`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .writers import save_npz
 
 __all__ = ["HALF_BINS", "TailHistogram", "histogram_quantiles", "load_histogram", "merge_histograms",
            "quantile_by_channel", "save_histogram", "store_thresholds"]
@@ -129,11 +130,9 @@ def save_histogram(path: Path, state: dict) -> None:
     """Write a dense histogram state (:meth:`TailHistogram.state`) sparsely to the ``.npz`` file ``path``."""
     counts = np.asarray(state["counts"])
     channel, bins = np.nonzero(counts)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, floors=np.asarray(state["floors"], np.int32), below=np.asarray(state["below"], np.int64),
-             channel=channel.astype(np.int32), bin=bins.astype(np.uint16),
-             count=counts[channel, bins].astype(np.int64), channels=np.int64(counts.shape[0]))
-    os.replace(tmp, path)
+    save_npz(path, dict(floors=np.asarray(state["floors"], np.int32), below=np.asarray(state["below"], np.int64),
+                        channel=channel.astype(np.int32), bin=bins.astype(np.uint16),
+                        count=counts[channel, bins].astype(np.int64), channels=np.int64(counts.shape[0])))
 
 
 def load_histogram(folder: Path) -> dict | None:

@@ -1,13 +1,20 @@
-"""Writing a store's arrays: rows of ``.npy`` files, the build's part files, and joining parts."""
+"""Writing a store's arrays: rows of ``.npy`` files, the build's part files, joining parts,
+and describing what was written (sizes, ``.npy`` headers, checksums)."""
 from __future__ import annotations
 
+import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy
 from numpy.lib.format import open_memmap
 
-__all__ = ["RowWriter", "concat_parts", "part_files", "read_parts", "write_part"]
+__all__ = ["RowWriter", "concat_parts", "describe_files", "file_digest", "npy_header", "part_files",
+           "read_digests", "read_parts", "save_npz", "write_part"]
+
+DIGESTS = "checksums.txt"      # in ``parts/``: one line per part file written, "<name> <blake2b>"
 
 
 class RowWriter:
@@ -57,15 +64,49 @@ class RowWriter:
             self._fd = None
 
 
-def write_part(file: Path, arrays: dict) -> None:
-    """Write one batch's part file (:func:`lavise_nb.store.masks.mask_part`) atomically."""
-    np.savez(file.with_suffix(".tmp.npz"), **arrays)
-    os.replace(file.with_suffix(".tmp.npz"), file)
+def save_npz(file: Path, arrays: dict) -> None:
+    """Write an uncompressed ``.npz`` atomically (through a ``.tmp.npz``), byte for byte the same for
+    the same arrays: unlike :func:`numpy.savez`, no time stamps in the zip entries."""
+    tmp = file.with_suffix(".tmp.npz")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(entry, "w", force_zip64=True) as out:
+                npy.write_array(out, np.asanyarray(value), allow_pickle=False)
+    os.replace(tmp, file)
 
 
-def part_files(parts: Path) -> list[Path]:
-    """The complete part files in the folder ``parts``, in batch order."""
-    return sorted(parts.glob("[0-9]*.npz"))
+def write_part(file: Path, arrays: dict) -> str:
+    """Write one batch's part file (:func:`lavise_nb.store.masks.mask_part`) atomically and append
+    its checksum to ``checksums.txt`` beside it; returns the checksum."""
+    save_npz(file, arrays)
+    digest = file_digest(file)
+    with open(file.parent / DIGESTS, "a") as out:
+        out.write(f"{file.name} {digest}\n")
+    return digest
+
+
+def read_digests(parts: Path, count: int) -> dict:
+    """The checksums of part files ``0`` to ``count - 1`` (name -> hex), the last one written for each,
+    rewriting ``checksums.txt`` to hold just those (it may end in a line a killed build cut short)."""
+    wanted = {f"{i:06d}.npz" for i in range(count)}
+    digests = {}
+    if (parts / DIGESTS).is_file():
+        for line in (parts / DIGESTS).read_text().splitlines():
+            name, _, digest = line.partition(" ")
+            if name in wanted and len(digest) == 64:
+                digests[name] = digest
+        tmp = parts / (DIGESTS + ".tmp")
+        tmp.write_text("".join(f"{name} {digest}\n" for name, digest in sorted(digests.items())))
+        os.replace(tmp, parts / DIGESTS)
+    return digests
+
+
+def part_files(parts: Path, count: int | None = None) -> list[Path]:
+    """The part files in the folder ``parts``, in batch order: the first ``count`` (all by default)."""
+    if count is not None:
+        return [parts / f"{i:06d}.npz" for i in range(count)]
+    return sorted((f for f in parts.glob("*.npz") if f.stem.isdigit()), key=lambda f: int(f.stem))
 
 
 def read_parts(files: list, names) -> dict:
@@ -103,3 +144,44 @@ def concat_parts(files: list, name: str, out: Path) -> int:
     finally:
         writer.close()
     return rows
+
+
+def file_digest(file: Path, chunk: int = 8 << 20) -> str:
+    """The 32-byte BLAKE2b of a file as 64 hex digits, read ``chunk`` bytes at a time."""
+    digest = hashlib.blake2b(digest_size=32)
+    buffer = memoryview(bytearray(chunk))
+    with open(file, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(buffer[:n])
+    return digest.hexdigest()
+
+
+def npy_header(file: Path) -> tuple[tuple, np.dtype, int]:
+    """The shape, dtype and data offset in the header of a ``.npy`` file (nothing else is read).
+
+    Raises
+    ------
+    ValueError
+        The file does not start with a valid ``.npy`` header.
+    """
+    with open(file, "rb") as f:
+        version = npy.read_magic(f)
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read(f)
+        return tuple(int(v) for v in shape), np.dtype(dtype), f.tell()
+
+
+def describe_files(folder: Path, names) -> dict:
+    """Name -> ``bytes`` and ``blake2b`` of each file of ``names`` in ``folder`` that exists, plus
+    ``shape`` and ``dtype`` for ``.npy`` files."""
+    described = {}
+    for name in names:
+        file = folder / name
+        if not file.is_file():
+            continue
+        entry = {"bytes": file.stat().st_size, "blake2b": file_digest(file)}
+        if name.endswith(".npy"):
+            shape, dtype, _ = npy_header(file)
+            entry.update(shape=list(shape), dtype=dtype.str)
+        described[name] = entry
+    return described
