@@ -33,7 +33,7 @@ from .prior import ClassPrior
 from .reference import Reference, ReferenceSpec
 from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, wrap_model
 from .scenes import build_stamp_scenes, stamp_scenes
-from .store import ActivationStore
+from .store import ActivationStore, BuildSettings, StoreDamagedError
 from .transform import Preprocess
 from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_word_space
 
@@ -42,7 +42,7 @@ __version__ = VERSION
 __all__ = [
     "ActivationStore", "Calibration", "CalibrationSettings", "ClassPrior", "CocoDataset", "ExplainSettings",
     "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison", "ImageFolderDataset", "LayerProbe",
-    "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "Reference", "ReferenceSpec", "ShapesWorld", "TargetModel", "TrainingConfig",
+    "BuildSettings", "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "Reference", "ReferenceSpec", "ShapesWorld", "StoreDamagedError", "TargetModel", "TrainingConfig",
     "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
     "hybrid_space", "imagenet_classes", "load_model", "load_word_space", "network_dissection", "null_groups",
     "planted_groups", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",

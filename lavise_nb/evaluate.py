@@ -9,6 +9,7 @@ uses that image's own ranked words W_ui.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -351,15 +352,24 @@ class MethodComparison:
         store, model_name = self.store, self.store.manifest["model_name"]
         evaluator = RecallEvaluator(store, self.mapper.seen, self.mapper.unseen, stuff=store.stuff,
                                     iou_threshold=iou_threshold, ks=ks, show_progress=self.show_progress)
-        tables, explained, pairs = [], [], None
+        tables, explained, pairs, mismatched = [], [], None, []
         for method, attention in methods:
             settings = dataclasses.replace(self.settings, method=method, attention=attention, top_words=max(ks))
-            explainer = FilterExplainer(store, self.mapper, self.space, self.vocabulary, settings, prior=self.prior,
-                                        model=self.model, dataset=self.dataset, show_progress=self.show_progress)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                explainer = FilterExplainer(store, self.mapper, self.space, self.vocabulary, settings,
+                                            prior=self.prior, model=self.model, dataset=self.dataset,
+                                            show_progress=self.show_progress)
+            mismatched += [settings.name] if caught else []
             words = explainer.explain().assign(method=settings.name)
             pairs = explainer.pairs()
             tables.append(evaluator.evaluate(words, explainer.image_words(), pairs, settings.name, model_name))
             explained.append(words)
+        if mismatched:
+            warnings.warn(f"{len(mismatched)} of {len(methods)} methods ({', '.join(mismatched)}) use the mapper's "
+                          "gamma although it was tuned under other settings, vocabulary or prior; their calibrated "
+                          "recall is not tuned for them (tune one gamma per method for a fair comparison, as make "
+                          "quality does)", stacklevel=2)
         if "frequency" in baselines:
             tables.append(evaluator.evaluate(frequency_baseline(store, pairs, max(ks)), None, pairs, "frequency",
                                              model_name))

@@ -223,13 +223,13 @@ class ProbeScenes:
     def _store(self, options: dict, seed: int):
         from ._utils.cache import cache_dir
         from .scenes import stamp_scenes
-        from .store import ActivationStore
+        from .store import ActivationStore, BuildSettings
 
         data = stamp_scenes(n_images=self.n_images, seed=seed, preprocess=self.model.preprocess,
                             show_progress=False, **options)
         root = cache_dir("probes") if self.root is None else self.root
-        return ActivationStore.build(self.model, self.layer, data, root=root, num_workers=0, device=self.device,
-                                     show_progress=False)
+        return ActivationStore.build(self.model, self.layer, data, root, BuildSettings(num_workers=0),
+                                     device=self.device, show_progress=False)
 
     def activations(self, word: str | None) -> tuple[np.ndarray, np.ndarray]:
         """(n, C) per-image max activations of the scenes composed for ``word`` (None: the controls),

@@ -17,7 +17,7 @@ from .config import check_choice, check_int
 from .labels import imagenet_classes
 from .probe import load_model
 from .scenes import stamp_scenes
-from .store import ActivationStore
+from .store import ActivationStore, BuildSettings
 from .words import Vocabulary, load_word_space
 
 __all__ = ["ReferenceSpec", "Reference", "VOCABULARIES"]
@@ -67,6 +67,11 @@ class ReferenceSpec:
         check_int("batch_size", self.batch_size)
 
     @property
+    def build_settings(self) -> BuildSettings:
+        """How the store is built (:class:`~lavise_nb.store.BuildSettings`)."""
+        return BuildSettings(batch_size=self.batch_size)
+
+    @property
     def scene_options(self) -> dict:
         """Keyword arguments for :func:`~lavise_nb.scenes.stamp_scenes` (the Tux Paint folders)."""
         if self.tuxpaint_dir is None:
@@ -101,7 +106,7 @@ class Reference:
         model = load_model(spec.model, device=spec.device)
         dataset = stamp_scenes(n_images=spec.n_images, seed=spec.seed, preprocess=model.preprocess,
                                show_progress=show_progress, **spec.scene_options)
-        store = ActivationStore.build(model, spec.layer, dataset, root=spec.store_root, batch_size=spec.batch_size,
+        store = ActivationStore.build(model, spec.layer, dataset, spec.store_root, spec.build_settings,
                                       device=spec.device, show_progress=show_progress)
         space = load_word_space(spec.word_space, words=[*store.concepts, *imagenet_classes()])
         return cls(spec, model, dataset, store, space)
@@ -119,7 +124,7 @@ class Reference:
         spec = dataclasses.replace(self.spec, seed=seed, n_images=n_images or self.spec.n_images)
         data = stamp_scenes(n_images=spec.n_images, seed=seed, preprocess=self.model.preprocess,
                             show_progress=show_progress, **spec.scene_options)
-        store = ActivationStore.build(self.model, spec.layer, data, root=spec.store_root, batch_size=spec.batch_size,
+        store = ActivationStore.build(self.model, spec.layer, data, spec.store_root, spec.build_settings,
                                       device=spec.device, show_progress=show_progress)
         return Reference(spec, self.model, data, store, self.space)
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.probe import wrap_model
-from lavise_nb.store import ActivationStore
+from lavise_nb.store import ActivationStore, BuildSettings
 from lavise_nb.config import TrainingConfig
 
 RED_FILTER = 0
@@ -45,7 +45,7 @@ def tiny_model(shapes):
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_model, shapes):
     root = tmp_path_factory.mktemp("stores")
-    return ActivationStore.build(tiny_model, "features.1", shapes, root=root, batch_size=32, num_workers=0,
+    return ActivationStore.build(tiny_model, "features.1", shapes, root, BuildSettings(batch_size=32, num_workers=0),
                                  show_progress=False)
 
 

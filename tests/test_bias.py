@@ -10,7 +10,7 @@ from scipy.stats import chi2_contingency, fisher_exact
 
 from lavise_nb.bias import (CLASSIFIER_COLUMNS, COMPARE_COLUMNS, CONCEPT_COLUMNS, BiasWarning, GroupComparison)
 from lavise_nb.datasets import ShapesWorld
-from lavise_nb.store import ActivationStore
+from lavise_nb.store import ActivationStore, BuildSettings
 from tests.conftest import COLOUR_FILTERS
 
 RED = COLOUR_FILTERS["red"]
@@ -28,8 +28,8 @@ def world_store(tmp_path_factory, tiny_model):
     group = np.where(has_red, np.where(rng.random(len(world)) < 0.85, "A", "B"),
                      np.where(rng.random(len(world)) < 0.2, "A", "B"))
     world.records["group"] = group
-    store = ActivationStore.build(tiny_model, "features.1", world, root=tmp_path_factory.mktemp("bias_stores"),
-                                  batch_size=64, num_workers=0, show_progress=False)
+    store = ActivationStore.build(tiny_model, "features.1", world, tmp_path_factory.mktemp("bias_stores"),
+                                  BuildSettings(batch_size=64, num_workers=0), show_progress=False)
     return store, has_red
 
 

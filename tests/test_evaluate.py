@@ -92,3 +92,25 @@ def test_random_network_scores_below_the_pretrained_one(tmp_path):
         scores[name] = row.set_index("words_from")["recall"]
     assert (scores["random"] < scores["trained"]).all(), scores
     assert scores["trained"]["image"] > scores["random"]["image"] + 0.1
+
+
+def test_method_comparison_warns_once_for_methods_the_gamma_was_not_tuned_for(tiny_store, mapper, space):
+    import warnings as _warnings
+
+    from lavise_nb.calibration import Calibration
+    from lavise_nb.evaluate import MethodComparison
+
+    settings = ExplainSettings(p=6)
+    tuned = mapper.calibrated(Calibration(0.1, 0.05, settings=settings.scoring(), vocabulary="concepts"))
+    comparison = MethodComparison(tiny_store, tuned, space, settings)
+    with pytest.warns(UserWarning, match=r"1 of 2 methods \(activation_masking\)") as caught:
+        recall, words = comparison.compare([("attention", "soft_mask"), ("activation_masking", "paper")],
+                                           baselines=("frequency",), ks=(5,))
+    assert sum("methods" in str(w.message) for w in caught) == 1
+    assert set(recall["method"]) == {"attention/soft_mask", "activation_masking", "frequency"}
+    assert set(recall["k"]) == {5} and set(words["method"]) == {"attention/soft_mask", "activation_masking"}
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        comparison.compare([("attention", "soft_mask")], baselines=(), ks=(5,))
+    with pytest.raises(ValueError, match="unknown baselines"):
+        comparison.compare(baselines=("oracle",))

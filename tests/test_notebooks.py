@@ -68,7 +68,9 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     settings = json.loads((train / "settings.json").read_text())
     assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15" and settings["class_prior"]
     checkpoint = torch.load(train / "mapper.pt", weights_only=True)
-    assert checkpoint["prior"]["source"] == "region" and checkpoint["prior"]["top"] == 10
+    calibration = checkpoint["calibration"]
+    assert calibration["prior"]["source"] == "region" and calibration["prior"]["top"] == 10
+    assert calibration["settings"]["p"] == 5 and calibration["vocabulary"] == "concrete-nouns"
     assert settings["word_space"] == "glove-6b-50d+minilm"
     assert checkpoint["space_id"].startswith("glove-6b-50d+minilm-434d-") and checkpoint["dim"] == 50 + 384
     cells = json.loads(executed.read_text())["cells"]
@@ -81,8 +83,8 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     out, _, executed = ran
     explain = out / "explain"
     table = pd.read_csv(explain / "explanations.csv")
-    assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "score", "kind", "n_images",
-                                   "method", "note"]
+    assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "score", "kind",
+                                   "n_images", "method", "note"]
     named = table.dropna(subset=["word"])
     assert table["filter"].nunique() == 320 and named.groupby("filter").size().max() == 5
     assert set(named["kind"]) <= {"seen", "unseen", "zero-shot"} and (named["votes"] > 0).all()
