@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .config import CalibrationSettings, ExplainSettings
-from .mapper import ExplainerTrainer, Mapper, pair_table, plain, pooled_pairs
+from .mapper import ExplainerTrainer, Mapper, mask_table, plain, pooled_masks
 
 __all__ = ["GammaCalibration", "Calibration", "harmonic_mean", "vocabulary_name", "recall_at"]
 
@@ -224,10 +224,10 @@ class GammaCalibration:
             vocabulary=vocabulary_name(self.vocabulary) if filter_level else None)
 
     def _mask_level(self, mapper: Mapper, inner: list, held: list):
-        pairs = pair_table(self.store)
+        pairs = mask_table(self.store)
         candidates = sorted(self.mapper.seen)
         pairs = pairs[pairs["concepts"].map(lambda c: any(x in candidates for x in c))].reset_index(drop=True)
-        vectors = mapper.embed(pooled_pairs(self.store, pairs, mapper.config.pooling))
+        vectors = mapper.embed(pooled_masks(self.store, pairs, mapper.config.pooling))
         label_vectors = torch.from_numpy(np.asarray(self.space.embed(candidates).vectors, dtype=np.float32))
         scores = vectors @ label_vectors.T
         is_inner = torch.tensor([c in set(inner) for c in candidates], dtype=torch.float32)

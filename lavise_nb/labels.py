@@ -96,7 +96,7 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
                   show_progress: bool = True) -> pd.DataFrame:
     """The target model's predictions for a crop around each annotated region.
 
-    Every distinct region of the store (:func:`~lavise_nb.mapper.pair_table`) is
+    Every distinct region of the store (:func:`~lavise_nb.mapper.mask_table`) is
     cropped to its bounding box plus a margin on each side
     (:func:`~lavise_nb.regions.crop_around`), resized to the input size and
     classified. Only the pixels are used, never the region's concept names, so the
@@ -123,12 +123,12 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
         Columns ``image, object, label, probability``; ``object`` is the region's
         representative object row (pass as ``weak_labels``).
     """
-    from .mapper import pair_table
+    from .mapper import mask_table
 
     names = imagenet_classes() if class_names is None else list(class_names)
     crop = CropSettings() if crop is None else crop
     model.to(resolve_device(device))
-    pairs = pair_table(store)
+    pairs = mask_table(store)
     size = store.image_size
     rows, crops, keys = [], [], []
 

@@ -1,7 +1,7 @@
 """The latent visual-semantic mapping: a small head from pooled CNN features to word vectors.
 
 :class:`ExplainerTrainer` trains it from an activation store (no CNN forward pass per
-epoch): every (image, mask) pair becomes one pooled feature vector, computed once.
+epoch): every distinct mask of an image becomes one pooled feature vector, computed once.
 The result, a :class:`Mapper`, carries its concept split, the word-space id, the
 layer and the model fingerprint, and loads with ``weights_only=True``.
 """
@@ -28,8 +28,8 @@ from .probe import resolve_device
 if TYPE_CHECKING:
     from .calibration import Calibration
 
-__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "TrainingConfig", "pool_features", "pair_table",
-           "pooled_pairs", "ranking_loss", "plain"]
+__all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "TrainingConfig", "pool_features", "mask_table",
+           "pooled_masks", "ranking_loss", "plain"]
 
 
 class ExplainerHead(nn.Module):
@@ -82,16 +82,17 @@ def pool_features(features: torch.Tensor, masks: torch.Tensor, mode: str = "mass
     raise ValueError(f"pooling must be 'mass' or 'mean', not {mode!r}")
 
 
-def pair_table(store) -> pd.DataFrame:
-    """One row per (image, region): the store's masks with identical pixels grouped.
+def mask_table(store) -> pd.DataFrame:
+    """One row per distinct mask of an image: the store's object masks with identical pixels grouped.
 
     Two concepts annotated with exactly the same pixels ("red" and "circle" for one
-    shape) are one training pair with two positives.
+    shape) are one training mask with two positives. (A "pair" elsewhere in the
+    package is a (filter, image) pair of an explanation.)
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``pair``, ``image``, ``object`` (a representative object row),
+        Columns ``mask``, ``image``, ``object`` (a representative object row),
         ``concepts`` (tuple of names).
     """
     objects = store.objects
@@ -102,7 +103,7 @@ def pair_table(store) -> pd.DataFrame:
         object=("object", "first"), concepts=("concept", lambda c: tuple(sorted(set(c)))))
     table = grouped.reset_index().drop(columns="digest").sort_values("object", kind="stable")
     table = table.reset_index(drop=True)
-    table.insert(0, "pair", np.arange(len(table)))
+    table.insert(0, "mask", np.arange(len(table)))
     return table
 
 
@@ -224,7 +225,7 @@ def plain(value):
 
 def _rank_metrics(vectors: torch.Tensor, targets: list, label_vectors: torch.Tensor,
                   labels: list, bias: torch.Tensor | None = None) -> tuple[float, float]:
-    """Top-1 / top-5 accuracy: a hit when any of a pair's target concepts ranks there."""
+    """Top-1 / top-5 accuracy: a hit when any of a mask's target concepts ranks there."""
     if len(vectors) == 0:
         return float("nan"), float("nan")
     scores = vectors @ label_vectors.T
@@ -249,17 +250,17 @@ def ranking_loss(vectors: torch.Tensor, positives: torch.Tensor, label_vectors: 
     vectors : torch.Tensor
         (B, dim) unit explanation vectors.
     positives : torch.Tensor
-        (B, L) 1 where label l is one of the pair's concepts, else 0.
+        (B, L) 1 where label l is one of the mask's concepts, else 0.
     label_vectors : torch.Tensor
         (L, dim) unit label vectors.
     margin : float
     weights : torch.Tensor, optional
-        (B,) per-pair weights (weak labels weigh less).
+        (B,) per-mask weights (weak labels weigh less).
 
     Returns
     -------
     torch.Tensor
-        Scalar: the mean over pairs of sum over negatives of
+        Scalar: the mean over masks of sum over negatives of
         max(0, margin - mean positive cosine + negative cosine).
     """
     cos = vectors @ label_vectors.T
@@ -317,7 +318,7 @@ class ExplainerTrainer:
         self.concepts = list(embedding.names)
         self.concept_vectors = torch.as_tensor(np.asarray(embedding.vectors), dtype=torch.float32)
         self.seen, self.unseen = self._split()
-        self.pairs = pair_table(store)
+        self.masks = mask_table(store)
         self._pooled = None
         self.weak_names, self.weak_vectors, self.weak = self._weak(weak_labels, store.concepts)
 
@@ -337,20 +338,20 @@ class ExplainerTrainer:
         return kept, vectors, rows
 
     def weak_features(self, weak: pd.DataFrame, pooled: torch.Tensor) -> torch.Tensor:
-        """Features of weak-label rows, (len(weak), C): the pair's mask-pooled vector, or the image's map mean.
+        """Features of weak-label rows, (len(weak), C): the mask-pooled vector, or the image's map mean.
 
-        ``pooled`` is :meth:`pooled`'s (n_pairs, C).
+        ``pooled`` is :meth:`pooled`'s (n_masks, C).
         """
         out = torch.zeros(len(weak), pooled.shape[1])
         by_object = np.array(weak["object"].notna()) if "object" in weak else np.zeros(len(weak), bool)
         if by_object.any():
-            pair_of = pd.Series(self.pairs["pair"].to_numpy(), index=self.pairs["object"].to_numpy())
+            mask_of = pd.Series(self.masks["mask"].to_numpy(), index=self.masks["object"].to_numpy())
             objects = weak["object"].to_numpy()[by_object].astype(np.int64)
-            unknown = sorted(set(objects) - set(pair_of.index))
+            unknown = sorted(set(objects) - set(mask_of.index))
             if unknown:
-                raise ValueError(f"weak labels name objects that are not a pair's representative: {unknown[:5]}; "
+                raise ValueError(f"weak labels name objects that are not a mask's representative: {unknown[:5]}; "
                                  "make them with region_labels(model, store, dataset)")
-            out[torch.from_numpy(by_object)] = pooled[torch.tensor(pair_of[objects].to_numpy(), dtype=torch.long)]
+            out[torch.from_numpy(by_object)] = pooled[torch.tensor(mask_of[objects].to_numpy(), dtype=torch.long)]
         if (~by_object).any():
             images = weak["image"].to_numpy()[~by_object]
             out[torch.from_numpy(~by_object)] = self.store.features(images).mean(dim=(2, 3))
@@ -369,21 +370,21 @@ class ExplainerTrainer:
         return seen, sorted(set(self.concepts) - set(seen))
 
     def pooled(self) -> torch.Tensor:
-        """(n_pairs, C) pooled features of every pair, computed once from the store."""
+        """(n_masks, C) pooled features of every mask of :attr:`masks`, computed once from the store."""
         if self._pooled is None:
-            self._pooled = pooled_pairs(self.store, self.pairs, self.config.pooling,
+            self._pooled = pooled_masks(self.store, self.masks, self.config.pooling,
                                         show_progress=self.show_progress)
         return self._pooled
 
     def _image_split(self) -> np.ndarray:
         rng = np.random.default_rng(self.config.seed + 1)
-        images = np.unique(self.pairs["image"].to_numpy())
+        images = np.unique(self.masks["image"].to_numpy())
         n_val = int(round(self.config.val_fraction * len(images)))
-        return np.isin(self.pairs["image"].to_numpy(), rng.choice(images, size=n_val, replace=False))
+        return np.isin(self.masks["image"].to_numpy(), rng.choice(images, size=n_val, replace=False))
 
     def _targets(self, names: list) -> list:
         keep = set(names)
-        return [tuple(c for c in concepts if c in keep) for concepts in self.pairs["concepts"]]
+        return [tuple(c for c in concepts if c in keep) for concepts in self.masks["concepts"]]
 
     def fit(self, callback=None) -> Mapper:
         """Train; return the best-on-validation :class:`Mapper`.
@@ -413,19 +414,19 @@ class ExplainerTrainer:
         train_rows = np.flatnonzero(has_seen & ~val)
         val_rows = np.flatnonzero(has_seen & val)
         if len(train_rows) == 0:
-            raise ValueError("no training pairs: the store has no masks of seen concepts")
+            raise ValueError("no training masks: the store has no masks of seen concepts")
         zs_rows = np.flatnonzero(has_unseen)
 
         seen_index = {c: i for i, c in enumerate(self.seen)}
         seen_vectors = self.concept_vectors[[self.concepts.index(c) for c in self.seen]]
         label_vectors = torch.cat([seen_vectors, self.weak_vectors]).to(self.device)
-        positives = torch.zeros(len(self.pairs), len(label_vectors))
+        positives = torch.zeros(len(self.masks), len(label_vectors))
         for row, names in enumerate(seen_targets):
             for name in names:
                 positives[row, seen_index[name]] = 1.0
-        weights = torch.ones(len(self.pairs))
+        weights = torch.ones(len(self.masks))
         if len(self.weak):
-            weak = self.weak[~np.isin(self.weak["image"], self.pairs["image"][val].unique())]
+            weak = self.weak[~np.isin(self.weak["image"], self.masks["image"][val].unique())]
             weak_index = {c: len(self.seen) + i for i, c in enumerate(self.weak_names)}
             weak_pos = torch.zeros(len(weak), len(label_vectors))
             weak_pos[torch.arange(len(weak)), torch.tensor([weak_index[c] for c in weak["label"]])] = 1.0
@@ -492,12 +493,12 @@ class ExplainerTrainer:
                     unseen_top1=zs1, unseen_top5=zs5, lr=optimiser.param_groups[0]["lr"])
 
 
-def pooled_pairs(store, pairs: pd.DataFrame, pooling: str = "mass", batch_images: int = 256,
+def pooled_masks(store, masks: pd.DataFrame, pooling: str = "mass", batch_images: int = 256,
                  show_progress: bool = False) -> torch.Tensor:
-    """Pool the store's features under each pair's mask; (n_pairs, C) float32."""
-    out = torch.zeros(len(pairs), store.shape[1])
-    images = pairs["image"].to_numpy()
-    objects = pairs["object"].to_numpy()
+    """Pool the store's features under each row of :func:`mask_table`; (n_masks, C) float32."""
+    out = torch.zeros(len(masks), store.shape[1])
+    images = masks["image"].to_numpy()
+    objects = masks["object"].to_numpy()
     unique = np.unique(images)
     for start in progress(range(0, len(unique), batch_images), enabled=show_progress, desc="pool masks"):
         chunk = unique[start:start + batch_images]

@@ -7,6 +7,7 @@ context manager and stops the forward pass right after that layer.
 from __future__ import annotations
 
 import difflib
+import pickle
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,23 +236,59 @@ def _efficientnet_lite(name: str, random_init: bool) -> TargetModel:
     return TargetModel(module, Preprocess(size, EFFICIENTNET_LITE.mean, EFFICIENTNET_LITE.std), name)
 
 
-def _state_dict_from_file(path: Path) -> dict:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def _state_dict_from_file(path) -> dict:
+    """The state_dict in a checkpoint file, with errors that name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds a pickled Python object (a whole model?), not a state_dict, and is not loaded with "
+            "weights_only=True. Save the weights instead: torch.save(model.state_dict(), path); or, if you trust "
+            "the file, load the module yourself and pass it: load_model(torch.load(path, weights_only=False))"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, or not written by torch.save): "
+                         f"{error}. Copy or save the file again") from error
     for key in ("state_dict", "model"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state_dict")
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__} that is not a state_dict (name -> tensor)")
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
-def _torchvision(name: str, weights, random_init: bool) -> TargetModel:
+def _apply_weights(module: nn.Module, state: dict, path) -> None:
+    """Load ``state`` strictly into ``module``; a mismatch names the file and the differing keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"{path} does not fit {type(module).__name__}: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, other shapes {shapes[:3]}. Pass the architecture the file was saved "
+                         "from (and num_classes= for a fine-tuned classifier)")
+    module.load_state_dict(state, strict=True)
+
+
+def _classifier_outputs(module: nn.Module, state: dict) -> int | None:
+    """The number of classes of the checkpoint's final linear layer (the module's last ``nn.Linear``)."""
+    names = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    weight = state.get(f"{names[-1]}.weight") if names else None
+    return None if weight is None else int(weight.shape[0])
+
+
+def _torchvision(name: str, weights, random_init: bool, num_classes: int | None) -> TargetModel:
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=8)
         raise KeyError(f"unknown model {name!r}. Closest torchvision models: {', '.join(close)}")
+    sized = {} if num_classes is None else {"num_classes": int(num_classes)}
     if weights is None or random_init:
         if weights is None and not random_init:
             raise ValueError(
@@ -259,7 +296,7 @@ def _torchvision(name: str, weights, random_init: bool) -> TargetModel:
                 "(weights='path/to/resnet18.pth'), weights='DEFAULT' to download torchvision's "
                 "(needs internet), or random_init=True for an untrained sanity-check copy"
             )
-        module = torchvision.models.get_model(name, weights=None)
+        module = torchvision.models.get_model(name, weights=None, **sized)
     elif isinstance(weights, str) and weights.upper() == "DEFAULT":
         try:
             module = torchvision.models.get_model(name, weights="DEFAULT")
@@ -269,21 +306,17 @@ def _torchvision(name: str, weights, random_init: bool) -> TargetModel:
                 f"them elsewhere and pass the file: load_model({name!r}, weights='path/to/{name}.pth')"
             ) from error
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
-        module = torchvision.models.get_model(name, weights=None)
-        missing, unexpected = module.load_state_dict(_state_dict_from_file(path), strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not fit torchvision's {name}: missing {list(missing)[:5]}, "
-                f"unexpected {list(unexpected)[:5]}"
-            )
+        state = _state_dict_from_file(weights)
+        module = torchvision.models.get_model(name, weights=None, **sized)
+        classes = _classifier_outputs(module, state)
+        if num_classes is None and classes is not None and classes != _classifier_outputs(module, module.state_dict()):
+            module = torchvision.models.get_model(name, weights=None, num_classes=classes)  # a fine-tuned head
+        _apply_weights(module, state, weights)
     return TargetModel(module, IMAGENET, name)
 
 
-def load_model(name: str | nn.Module = "efficientnet-lite0", weights=None, *, random_init: bool = False,
-               seed: int = 0, device="auto") -> TargetModel:
+def load_model(name: str | nn.Module = "efficientnet-lite0", weights=None, *, num_classes: int | None = None,
+               random_init: bool = False, seed: int = 0, device="auto") -> TargetModel:
     """Load a target model.
 
     Parameters
@@ -295,7 +328,11 @@ def load_model(name: str | nn.Module = "efficientnet-lite0", weights=None, *, ra
     weights : str or path, optional
         For torchvision models: a local file (a state_dict, or a checkpoint dict
         holding one under ``"state_dict"`` or ``"model"``; ``"module."`` prefixes are
-        stripped), or ``"DEFAULT"`` to download torchvision's weights (online only).
+        stripped), loaded strictly, or ``"DEFAULT"`` to download torchvision's weights
+        (online only). With a module, a local file loaded into it strictly.
+    num_classes : int, optional
+        The classifier's size; default: read from the checkpoint (a fine-tuned model's
+        own number of classes).
     random_init : bool
         An untrained copy of the architecture, seeded, for sanity checks. Its
         batch-norm statistics are defaults: call :func:`recalibrate_batchnorm`.
@@ -303,12 +340,17 @@ def load_model(name: str | nn.Module = "efficientnet-lite0", weights=None, *, ra
         ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
     """
     if isinstance(name, nn.Module):
+        if weights is not None:
+            _apply_weights(name, _state_dict_from_file(weights), weights)
         return wrap_model(name).to(device)
     torch.manual_seed(seed)
     if name in _LITE_SIZES:
+        if weights is not None or num_classes is not None:
+            raise ValueError(f"{name} loads its packaged ImageNet weights; for your own weights build the module "
+                             "and pass it: load_model(module, weights=path)")
         model = _efficientnet_lite(name, random_init)
     else:
-        model = _torchvision(name, weights, random_init)
+        model = _torchvision(name, weights, random_init, num_classes)
     if random_init:
         model.name = f"{model.name}-random{seed}"
     return model.to(device)

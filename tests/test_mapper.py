@@ -4,7 +4,7 @@ import torch
 
 from lavise_nb.calibration import Calibration
 from lavise_nb.config import ExplainSettings, TrainingConfig
-from lavise_nb.mapper import ExplainerTrainer, Mapper, pair_table, pool_features, ranking_loss
+from lavise_nb.mapper import ExplainerTrainer, Mapper, mask_table, pool_features, ranking_loss
 from tests.helpers import shapes_space
 
 SEEN = ["red", "green", "blue", "circle", "square", "stripes", "dots", "plain"]
@@ -28,7 +28,7 @@ def test_pool_features_mass_and_mean():
 
 
 def test_identical_masks_become_one_pair_with_two_positives(tiny_store):
-    pairs = pair_table(tiny_store)
+    pairs = mask_table(tiny_store)
     shapes = pairs[pairs["concepts"].map(len) == 2]
     assert len(shapes) > 0
     colours, kinds = {"red", "green", "blue", "yellow"}, {"circle", "square", "triangle"}
@@ -118,10 +118,10 @@ def test_weighted_loss_equals_mean_for_unit_weights():
     assert torch.allclose(weighted, expected)
 
 
-def test_pair_table_order_is_stable(tiny_store):
-    pairs = pair_table(tiny_store)
-    assert pairs["object"].is_monotonic_increasing and pairs["pair"].tolist() == list(range(len(pairs)))
-    assert pairs.equals(pair_table(tiny_store))
+def test_mask_table_order_is_stable(tiny_store):
+    pairs = mask_table(tiny_store)
+    assert pairs["object"].is_monotonic_increasing and pairs["mask"].tolist() == list(range(len(pairs)))
+    assert pairs.equals(mask_table(tiny_store))
 
 
 class _RednessClassifier(torch.nn.Module):
@@ -141,7 +141,7 @@ def test_region_labels_classify_a_crop_around_each_region(tiny_store, shapes):
     model = wrap_model(_RednessClassifier(), shapes.preprocess, "redness")
     labels = region_labels(model, tiny_store, shapes, top=1, min_probability=0.5, show_progress=False)
     assert list(labels.columns) == ["image", "object", "label", "probability"]
-    pairs = pair_table(tiny_store).set_index("object")
+    pairs = mask_table(tiny_store).set_index("object")
     named = pairs.loc[labels["object"], "concepts"]
     assert set(labels["label"]) == {"goldfish"}
     assert not any({"blue", "green", "yellow"} & set(c) for c in named)
@@ -152,11 +152,11 @@ def test_region_labels_classify_a_crop_around_each_region(tiny_store, shapes):
 def test_region_weak_labels_train_on_the_regions_pooled_features(tiny_store):
     trainer = ExplainerTrainer(tiny_store, shapes_space(), TrainingConfig(seen=SEEN), show_progress=False,
                                weak_labels=pd.DataFrame({"image": [0, 1], "label": ["dog", "car"]}))
-    pairs = trainer.pairs.head(3)
+    pairs = trainer.masks.head(3)
     weak = pd.DataFrame({"image": list(pairs["image"]) + [5], "object": list(pairs["object"]) + [None]})
     pooled = trainer.pooled()
     features = trainer.weak_features(weak, pooled)
-    assert torch.equal(features[:3], pooled[torch.tensor(pairs["pair"].to_numpy())])
+    assert torch.equal(features[:3], pooled[torch.tensor(pairs["mask"].to_numpy())])
     assert torch.allclose(features[3], tiny_store.features([5]).mean(dim=(2, 3))[0])
     with pytest.raises(ValueError, match="region_labels"):
         trainer.weak_features(pd.DataFrame({"image": [0], "object": [10 ** 6]}), pooled)

@@ -5,7 +5,7 @@ import torch
 
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.explain import FilterExplainer
-from lavise_nb.mapper import ExplainerTrainer, pair_table, pooled_pairs
+from lavise_nb.mapper import ExplainerTrainer, mask_table, pooled_masks
 from lavise_nb.store import ActivationStore, BuildSettings, ConcatRows
 from lavise_nb.store.thresholds import TailHistogram, histogram_quantiles
 from tests.helpers import shapes_space
@@ -76,8 +76,8 @@ def test_merged_store_equals_a_single_build(single, merged):
 
 
 def test_mapper_and_explainer_work_on_a_merged_store(single, merged):
-    assert pair_table(merged).equals(pair_table(single))
-    assert torch.equal(pooled_pairs(merged, pair_table(merged)), pooled_pairs(single, pair_table(single)))
+    assert mask_table(merged).equals(mask_table(single))
+    assert torch.equal(pooled_masks(merged, mask_table(merged)), pooled_masks(single, mask_table(single)))
     space = shapes_space()
     mapper = ExplainerTrainer(single, space, TrainingConfig(seed=0, max_epochs=2), show_progress=False).fit()
     a = FilterExplainer(single, mapper, space, "concepts", ExplainSettings(p=5, s=2)).explain()

