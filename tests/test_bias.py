@@ -288,7 +288,7 @@ def test_bias_figures_and_static_browser(world_store, explanations, tmp_path):
 
 
 def test_planted_recovery_matches_words_to_the_planted_group(world_store, explanations):
-    from lavise_nb.bias import planted_recovery
+    from lavise_nb.planted import planted_recovery
     from tests.helpers import shapes_space
 
     store, _ = world_store
