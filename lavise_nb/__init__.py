@@ -23,7 +23,7 @@ The public surface, one noun per module:
 from ._utils.version import VERSION
 from .bias import GroupComparison
 from .calibration import Calibration, GammaCalibration
-from .config import CalibrationSettings, ExplainSettings, TrainingConfig
+from .config import BiasSettings, CalibrationSettings, ExplainSettings, TrainingConfig
 from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
 from .evaluate import MethodComparison, RecallEvaluator, frequency_baseline, network_dissection
 from .explain import FilterExplainer
@@ -41,7 +41,7 @@ from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_wor
 __version__ = VERSION
 
 __all__ = [
-    "ActivationStore", "Calibration", "CalibrationSettings", "ClassPrior", "CocoDataset",
+    "ActivationStore", "BiasSettings", "Calibration", "CalibrationSettings", "ClassPrior", "CocoDataset",
     "ExplainSettings", "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison",
     "ImageFolderDataset", "LayerProbe", "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "Reference",
     "ReferenceSpec", "SceneSettings", "ShapesWorld", "TargetModel", "TrainingConfig", "VisualGenomeDataset",

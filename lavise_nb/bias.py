@@ -19,6 +19,7 @@ those concepts.
   regression that predicts the group from the layer's pooled (GAP) features, with
   filters ranked by their contribution to the group separation.
 
+Its statistics settings are one :class:`~lavise_nb.config.BiasSettings`.
 :mod:`lavise_nb.planted` builds StampScenes target datasets with a known (or no)
 difference, for demonstrations and checks.
 """
@@ -28,6 +29,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
+
+from .config import BiasSettings, check_choice
 
 __all__ = ["GroupComparison", "BiasWarning", "pooled_features", "COMPARE_COLUMNS", "CONCEPT_COLUMNS",
            "CLASSIFIER_COLUMNS"]
@@ -107,24 +110,17 @@ class GroupComparison:
     groups : list, optional
         Which groups to compare, in this order (default: all, sorted). With two
         groups ``difference = share[groups[0]] - share[groups[1]]``.
-    min_group_size : int
-        Groups with fewer valid images raise a ``ValueError``.
-    alpha : float
-        Significance level (of the corrected q-values) and 1 - confidence of the
-        Wilson intervals.
-    correction : str or None
-        A :func:`statsmodels.stats.multitest.multipletests` method (default
-        ``"fdr_bh"``, Benjamini-Hochberg across filters); ``None`` or ``"none"``
-        uses the raw p-values.
     filters : array-like, optional
         Restrict to these filters (default: all filters of the layer).
-    n_words : int
-        Words per filter in ``top_words``.
-    imbalance_warning : float
-        Warn when the largest group is this many times the smallest.
+    settings : BiasSettings, optional
+        ``min_group_size``, ``alpha``, ``correction``, ``n_words`` and
+        ``imbalance_warning`` (default ``BiasSettings()``).
 
     Attributes
     ----------
+    settings : BiasSettings
+    threshold_source : {"reference", "target"}
+        Where the thresholds came from (``"auto"`` resolved).
     groups : list
         The compared groups, in order.
     labels : numpy.ndarray
@@ -140,18 +136,11 @@ class GroupComparison:
     """
 
     def __init__(self, target_store, group_column, *, reference_store=None, threshold_source: str = "auto",
-                 explanations: pd.DataFrame | None = None, groups=None, min_group_size: int = 10,
-                 alpha: float = 0.05, correction: str | None = "fdr_bh", filters=None, n_words: int = 3,
-                 imbalance_warning: float = 10.0):
-        if threshold_source not in ("auto", "reference", "target"):
-            raise ValueError(f"threshold_source must be 'auto', 'reference' or 'target', not {threshold_source!r}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1); got {alpha}")
-        if min_group_size < 1:
-            raise ValueError(f"min_group_size must be >= 1; got {min_group_size}")
+                 explanations: pd.DataFrame | None = None, groups=None, filters=None,
+                 settings: BiasSettings | None = None):
+        check_choice("threshold_source", threshold_source, ("auto", "reference", "target"))
+        self.settings = BiasSettings() if settings is None else settings
         self.store, self.reference = target_store, reference_store
-        self.alpha, self.min_group_size, self.n_words = float(alpha), int(min_group_size), int(n_words)
-        self.correction = None if correction in (None, "none") else correction
         if reference_store is not None:
             self._check_reference(reference_store)
         if threshold_source == "auto":
@@ -168,11 +157,32 @@ class GroupComparison:
         if self.filters.size == 0 or self.filters.min() < 0 or self.filters.max() >= n_filters:
             raise ValueError(f"filters must be indices in [0, {n_filters}); got {filters!r}")
         self.explanations = explanations
-        self.first_word, self.filter_words = _words_by_filter(explanations, self.n_words)
+        self.first_word, self.filter_words = _words_by_filter(explanations, self.settings.n_words)
         self.group_column = group_column if isinstance(group_column, str) else "group"
-        self._resolve_groups(group_column, groups, imbalance_warning)
+        self._resolve_groups(group_column, groups)
         self.result: pd.DataFrame | None = None
         self._pooled: np.ndarray | None = None
+
+    def regroup(self, group_column, groups=None) -> "GroupComparison":
+        """The same comparison grouped by another column.
+
+        Keeps the target and reference stores, the thresholds' source, the
+        explanations, the filters and the settings.
+
+        Parameters
+        ----------
+        group_column : str or array-like
+            As for :class:`GroupComparison`.
+        groups : list, optional
+            Which groups of the new column to compare (default: all, sorted).
+
+        Returns
+        -------
+        GroupComparison
+        """
+        return GroupComparison(self.store, group_column, reference_store=self.reference,
+                               threshold_source=self.threshold_source, explanations=self.explanations,
+                               groups=groups, filters=self.filters, settings=self.settings)
 
     # ------------------------------------------------------------------ setup
     def _check_reference(self, reference) -> None:
@@ -185,7 +195,7 @@ class GroupComparison:
             raise ValueError("the reference store does not describe the same filters as the target store ("
                              + "; ".join(problems) + "); build both stores with the same model and layer")
 
-    def _resolve_groups(self, group_column, groups, imbalance_warning: float) -> None:
+    def _resolve_groups(self, group_column, groups) -> None:
         index = self.store.index
         n = len(index)
         if isinstance(group_column, str):
@@ -236,14 +246,15 @@ class GroupComparison:
         self.images = np.flatnonzero(keep)
         self.labels = as_text.to_numpy()[keep]
         sizes = {g: int((self.labels == g).sum()) for g in groups}
-        small = {g: s for g, s in sizes.items() if s < self.min_group_size}
+        min_size = self.settings.min_group_size
+        small = {g: s for g, s in sizes.items() if s < min_size}
         if small:
-            raise ValueError(f"groups {small} have fewer than min_group_size={self.min_group_size} images; shares "
+            raise ValueError(f"groups {small} have fewer than min_group_size={min_size} images; shares "
                              "of so few images are not informative. Add images, merge small groups, leave them "
-                             "out with groups=[...], or lower min_group_size")
+                             "out with groups=[...], or lower BiasSettings.min_group_size")
         self.groups, self.sizes = groups, sizes
         largest, smallest = max(sizes.values()), min(sizes.values())
-        if largest >= imbalance_warning * smallest:
+        if largest >= self.settings.imbalance_warning * smallest:
             warnings.warn(f"group sizes are very different ({sizes}); shares and tests stay valid, but the "
                           "smallest group limits the power and its intervals are wide", BiasWarning, stacklevel=3)
 
@@ -288,10 +299,11 @@ class GroupComparison:
         from scipy.stats import chi2_contingency, fisher_exact
         from statsmodels.stats.multitest import multipletests
 
+        alpha, correction = self.settings.alpha, self.settings.correction
         k, n = self.counts()
         n_f, n_g = k.shape
         share = k / n[None, :]
-        low, high = _wilson(k.reshape(-1), np.tile(n, n_f), self.alpha)
+        low, high = _wilson(k.reshape(-1), np.tile(n, n_f), alpha)
         low, high = low.reshape(n_f, n_g), high.reshape(n_f, n_g)
         p = np.full(n_f, np.nan)
         reason = np.full(n_f, "", dtype=object)
@@ -314,8 +326,8 @@ class GroupComparison:
         tested = ~np.isnan(p)
         q = np.full(n_f, np.nan)
         if tested.any():
-            q[tested] = p[tested] if self.correction is None else multipletests(
-                p[tested], alpha=self.alpha, method=self.correction)[1]
+            q[tested] = p[tested] if correction is None else multipletests(
+                p[tested], alpha=alpha, method=correction)[1]
         if n_g == 2:
             difference = share[:, 0] - share[:, 1]
             num, den = share[:, 0], share[:, 1]
@@ -349,7 +361,7 @@ class GroupComparison:
             "test": test,
             "p_value": np.repeat(p, n_g),
             "q_value": np.repeat(q, n_g),
-            "significant": np.repeat(np.nan_to_num(q, nan=1.0) < self.alpha, n_g),
+            "significant": np.repeat(np.nan_to_num(q, nan=1.0) < alpha, n_g),
             "rank": np.repeat(rank, n_g),
             "top_word": [self.first_word.get(int(f), "") for f in np.repeat(filters, n_g)],
             "top_words": [self.filter_words.get(int(f), "") for f in np.repeat(filters, n_g)],
@@ -357,7 +369,7 @@ class GroupComparison:
         })
         table = table.sort_values(["rank", "group"], key=lambda c: c if c.name == "rank" else
                                   c.map({g: i for i, g in enumerate(self.groups)})).reset_index(drop=True)
-        table.attrs.update(threshold_source=self.threshold_source, alpha=self.alpha, correction=self.correction,
+        table.attrs.update(threshold_source=self.threshold_source, alpha=alpha, correction=correction,
                            groups=list(self.groups), sizes=dict(self.sizes), n_dropped=len(self.dropped))
         self.result = table
         return table
