@@ -17,22 +17,25 @@ The public surface, one noun per module:
 - :mod:`~lavise_nb.prior`: ``ClassPrior`` (the model's own predictions for a filter's region)
 - :mod:`~lavise_nb.evaluate`: recall@k against ground truth, ``MethodComparison`` with baselines
 - :mod:`~lavise_nb.reference`: ``Reference.load(ReferenceSpec(...))``, the notebooks' shared setup
+- :mod:`~lavise_nb.planted`: planted group differences (StampScenes with a known bias) and their recovery
+- :mod:`~lavise_nb.faithfulness`: is a name true to its filter (held-out presence, probe scenes)
 - :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
 - :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
 """
 from ._utils.version import VERSION
-from .bias import GroupComparison, null_groups, planted_groups
+from .bias import GroupComparison
 from .calibration import Calibration, GammaCalibration
-from .config import CalibrationSettings, ExplainSettings, TrainingConfig
+from .config import BiasSettings, CalibrationSettings, ExplainSettings, TrainingConfig
 from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
 from .evaluate import MethodComparison, RecallEvaluator, frequency_baseline, network_dissection
 from .explain import FilterExplainer
 from .labels import imagenet_classes
 from .mapper import ExplainerTrainer, Mapper
+from .planted import null_groups, planted_groups
 from .prior import ClassPrior
 from .reference import Reference, ReferenceSpec
 from .probe import LayerProbe, TargetModel, load_model, recalibrate_batchnorm, wrap_model
-from .scenes import build_stamp_scenes, stamp_scenes
+from .scenes import SceneSettings, build_stamp_scenes, stamp_scenes
 from .store import ActivationStore, BuildSettings, StoreDamagedError
 from .transform import Preprocess
 from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_word_space
@@ -40,9 +43,10 @@ from .words import Vocabulary, WordSpace, combine_spaces, hybrid_space, load_wor
 __version__ = VERSION
 
 __all__ = [
-    "ActivationStore", "Calibration", "CalibrationSettings", "ClassPrior", "CocoDataset", "ExplainSettings",
-    "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison", "ImageFolderDataset", "LayerProbe",
-    "BuildSettings", "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "Reference", "ReferenceSpec", "ShapesWorld", "StoreDamagedError", "TargetModel", "TrainingConfig",
+    "ActivationStore", "BiasSettings", "BuildSettings", "Calibration", "CalibrationSettings", "ClassPrior",
+    "CocoDataset", "ExplainSettings", "ExplainerTrainer", "FilterExplainer", "GammaCalibration", "GroupComparison",
+    "ImageFolderDataset", "LayerProbe", "Mapper", "MethodComparison", "Preprocess", "RecallEvaluator", "Reference",
+    "ReferenceSpec", "SceneSettings", "ShapesWorld", "StoreDamagedError", "TargetModel", "TrainingConfig",
     "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
     "hybrid_space", "imagenet_classes", "load_model", "load_word_space", "network_dissection", "null_groups",
     "planted_groups", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",

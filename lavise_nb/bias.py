@@ -19,20 +19,21 @@ those concepts.
   regression that predicts the group from the layer's pooled (GAP) features, with
   filters ranked by their contribution to the group separation.
 
-:func:`planted_groups` and :func:`null_groups` build StampScenes target datasets
-with a known (or no) difference, for demonstrations and checks.
+Its statistics settings are one :class:`~lavise_nb.config.BiasSettings`.
+:mod:`lavise_nb.planted` builds StampScenes target datasets with a known (or no)
+difference, for demonstrations and checks.
 """
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["describe_planted", "GroupComparison", "planted_groups", "null_groups", "pooled_features", "COMPARE_COLUMNS",
-           "CONCEPT_COLUMNS", "CLASSIFIER_COLUMNS", "PLANTED", "planted_recovery"]
+from .config import BiasSettings, check_choice
+
+__all__ = ["GroupComparison", "BiasWarning", "pooled_features", "COMPARE_COLUMNS", "CONCEPT_COLUMNS",
+           "CLASSIFIER_COLUMNS"]
 
 COMPARE_COLUMNS = ["layer", "filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high",
                    "threshold", "difference", "ratio", "over_in", "test", "p_value", "q_value", "significant",
@@ -41,22 +42,6 @@ CONCEPT_COLUMNS = ["word", "over_in", "n_filters", "filters", "min_q", "mean_dif
                    "summary"]
 CLASSIFIER_COLUMNS = ["layer", "filter", "group", "coefficient", "mean_difference", "contribution", "favours",
                       "rank", "top_word", "top_words"]
-
-#: The default planted difference of :func:`planted_groups` (StampScenes weights).
-PLANTED = {
-    "A": {"object_weights": {"animals": 3.0}, "background_weights": {"forest": 8.0}},
-    "B": {"object_weights": {"vehicles": 10.0}, "background_weights": {"ocean": 4.0, "water": 4.0}},
-}
-
-
-def describe_planted(planted: dict, n_per_group: int) -> str:
-    """The planted difference in words, e.g. "group A: animals x3, forest backgrounds x8; ..." (``PLANTED`` form)."""
-    parts = []
-    for group, weights in planted.items():
-        terms = [f"{k} x{v:g}" for k, v in (weights.get("object_weights") or {}).items()]
-        terms += [f"{k} backgrounds x{v:g}" for k, v in (weights.get("background_weights") or {}).items()]
-        parts.append(f"group {group}: {', '.join(terms) or 'no reweighting'}")
-    return "; ".join(parts) + f" ({n_per_group} images each)"
 
 
 class BiasWarning(UserWarning):
@@ -125,24 +110,17 @@ class GroupComparison:
     groups : list, optional
         Which groups to compare, in this order (default: all, sorted). With two
         groups ``difference = share[groups[0]] - share[groups[1]]``.
-    min_group_size : int
-        Groups with fewer valid images raise a ``ValueError``.
-    alpha : float
-        Significance level (of the corrected q-values) and 1 - confidence of the
-        Wilson intervals.
-    correction : str or None
-        A :func:`statsmodels.stats.multitest.multipletests` method (default
-        ``"fdr_bh"``, Benjamini-Hochberg across filters); ``None`` or ``"none"``
-        uses the raw p-values.
     filters : array-like, optional
         Restrict to these filters (default: all filters of the layer).
-    n_words : int
-        Words per filter in ``top_words``.
-    imbalance_warning : float
-        Warn when the largest group is this many times the smallest.
+    settings : BiasSettings, optional
+        ``min_group_size``, ``alpha``, ``correction``, ``n_words`` and
+        ``imbalance_warning`` (default ``BiasSettings()``).
 
     Attributes
     ----------
+    settings : BiasSettings
+    threshold_source : {"reference", "target"}
+        Where the thresholds came from (``"auto"`` resolved).
     groups : list
         The compared groups, in order.
     labels : numpy.ndarray
@@ -158,18 +136,11 @@ class GroupComparison:
     """
 
     def __init__(self, target_store, group_column, *, reference_store=None, threshold_source: str = "auto",
-                 explanations: pd.DataFrame | None = None, groups=None, min_group_size: int = 10,
-                 alpha: float = 0.05, correction: str | None = "fdr_bh", filters=None, n_words: int = 3,
-                 imbalance_warning: float = 10.0):
-        if threshold_source not in ("auto", "reference", "target"):
-            raise ValueError(f"threshold_source must be 'auto', 'reference' or 'target', not {threshold_source!r}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1); got {alpha}")
-        if min_group_size < 1:
-            raise ValueError(f"min_group_size must be >= 1; got {min_group_size}")
+                 explanations: pd.DataFrame | None = None, groups=None, filters=None,
+                 settings: BiasSettings | None = None):
+        check_choice("threshold_source", threshold_source, ("auto", "reference", "target"))
+        self.settings = BiasSettings() if settings is None else settings
         self.store, self.reference = target_store, reference_store
-        self.alpha, self.min_group_size, self.n_words = float(alpha), int(min_group_size), int(n_words)
-        self.correction = None if correction in (None, "none") else correction
         if reference_store is not None:
             self._check_reference(reference_store)
         if threshold_source == "auto":
@@ -186,11 +157,32 @@ class GroupComparison:
         if self.filters.size == 0 or self.filters.min() < 0 or self.filters.max() >= n_filters:
             raise ValueError(f"filters must be indices in [0, {n_filters}); got {filters!r}")
         self.explanations = explanations
-        self.first_word, self.filter_words = _words_by_filter(explanations, self.n_words)
+        self.first_word, self.filter_words = _words_by_filter(explanations, self.settings.n_words)
         self.group_column = group_column if isinstance(group_column, str) else "group"
-        self._resolve_groups(group_column, groups, imbalance_warning)
+        self._resolve_groups(group_column, groups)
         self.result: pd.DataFrame | None = None
         self._pooled: np.ndarray | None = None
+
+    def regroup(self, group_column, groups=None) -> "GroupComparison":
+        """The same comparison grouped by another column.
+
+        Keeps the target and reference stores, the thresholds' source, the
+        explanations, the filters and the settings.
+
+        Parameters
+        ----------
+        group_column : str or array-like
+            As for :class:`GroupComparison`.
+        groups : list, optional
+            Which groups of the new column to compare (default: all, sorted).
+
+        Returns
+        -------
+        GroupComparison
+        """
+        return GroupComparison(self.store, group_column, reference_store=self.reference,
+                               threshold_source=self.threshold_source, explanations=self.explanations,
+                               groups=groups, filters=self.filters, settings=self.settings)
 
     # ------------------------------------------------------------------ setup
     def _check_reference(self, reference) -> None:
@@ -203,7 +195,7 @@ class GroupComparison:
             raise ValueError("the reference store does not describe the same filters as the target store ("
                              + "; ".join(problems) + "); build both stores with the same model and layer")
 
-    def _resolve_groups(self, group_column, groups, imbalance_warning: float) -> None:
+    def _resolve_groups(self, group_column, groups) -> None:
         index = self.store.index
         n = len(index)
         if isinstance(group_column, str):
@@ -254,14 +246,15 @@ class GroupComparison:
         self.images = np.flatnonzero(keep)
         self.labels = as_text.to_numpy()[keep]
         sizes = {g: int((self.labels == g).sum()) for g in groups}
-        small = {g: s for g, s in sizes.items() if s < self.min_group_size}
+        min_size = self.settings.min_group_size
+        small = {g: s for g, s in sizes.items() if s < min_size}
         if small:
-            raise ValueError(f"groups {small} have fewer than min_group_size={self.min_group_size} images; shares "
+            raise ValueError(f"groups {small} have fewer than min_group_size={min_size} images; shares "
                              "of so few images are not informative. Add images, merge small groups, leave them "
-                             "out with groups=[...], or lower min_group_size")
+                             "out with groups=[...], or lower BiasSettings.min_group_size")
         self.groups, self.sizes = groups, sizes
         largest, smallest = max(sizes.values()), min(sizes.values())
-        if largest >= imbalance_warning * smallest:
+        if largest >= self.settings.imbalance_warning * smallest:
             warnings.warn(f"group sizes are very different ({sizes}); shares and tests stay valid, but the "
                           "smallest group limits the power and its intervals are wide", BiasWarning, stacklevel=3)
 
@@ -306,10 +299,11 @@ class GroupComparison:
         from scipy.stats import chi2_contingency, fisher_exact
         from statsmodels.stats.multitest import multipletests
 
+        alpha, correction = self.settings.alpha, self.settings.correction
         k, n = self.counts()
         n_f, n_g = k.shape
         share = k / n[None, :]
-        low, high = _wilson(k.reshape(-1), np.tile(n, n_f), self.alpha)
+        low, high = _wilson(k.reshape(-1), np.tile(n, n_f), alpha)
         low, high = low.reshape(n_f, n_g), high.reshape(n_f, n_g)
         p = np.full(n_f, np.nan)
         reason = np.full(n_f, "", dtype=object)
@@ -332,8 +326,8 @@ class GroupComparison:
         tested = ~np.isnan(p)
         q = np.full(n_f, np.nan)
         if tested.any():
-            q[tested] = p[tested] if self.correction is None else multipletests(
-                p[tested], alpha=self.alpha, method=self.correction)[1]
+            q[tested] = p[tested] if correction is None else multipletests(
+                p[tested], alpha=alpha, method=correction)[1]
         if n_g == 2:
             difference = share[:, 0] - share[:, 1]
             num, den = share[:, 0], share[:, 1]
@@ -367,7 +361,7 @@ class GroupComparison:
             "test": test,
             "p_value": np.repeat(p, n_g),
             "q_value": np.repeat(q, n_g),
-            "significant": np.repeat(np.nan_to_num(q, nan=1.0) < self.alpha, n_g),
+            "significant": np.repeat(np.nan_to_num(q, nan=1.0) < alpha, n_g),
             "rank": np.repeat(rank, n_g),
             "top_word": [self.first_word.get(int(f), "") for f in np.repeat(filters, n_g)],
             "top_words": [self.filter_words.get(int(f), "") for f in np.repeat(filters, n_g)],
@@ -375,7 +369,7 @@ class GroupComparison:
         })
         table = table.sort_values(["rank", "group"], key=lambda c: c if c.name == "rank" else
                                   c.map({g: i for i, g in enumerate(self.groups)})).reset_index(drop=True)
-        table.attrs.update(threshold_source=self.threshold_source, alpha=self.alpha, correction=self.correction,
+        table.attrs.update(threshold_source=self.threshold_source, alpha=alpha, correction=correction,
                            groups=list(self.groups), sizes=dict(self.sizes), n_dropped=len(self.dropped))
         self.result = table
         return table
@@ -533,165 +527,3 @@ class GroupComparison:
             "activation": act[order],
             "qualifies": act[order] > self.thresholds[int(filter)],
         })
-
-
-# ----------------------------------------------------------------------------- planted demonstrations
-
-
-def _image_contents(folder: Path) -> pd.DataFrame:
-    coco = json.loads((folder / "annotations.json").read_text())
-    names = {c["id"]: (c["name"], c["supercategory"]) for c in coco["categories"]}
-    objects: dict[int, list] = {}
-    for ann in coco["annotations"]:
-        name, kind = names[ann["category_id"]]
-        if kind == "object":
-            objects.setdefault(ann["image_id"], []).append(name)
-    return pd.DataFrame([{"file_name": im["file_name"], "background": im.get("background", ""),
-                          "objects": ";".join(sorted(set(objects.get(im["id"], []))))}
-                         for im in coco["images"]])
-
-
-def _planted_concepts(weights: dict) -> list[str]:
-    from .scenes import background_table, stamp_table, usable_rows
-    stamps = usable_rows(stamp_table(), photos_only=True)
-    backgrounds = usable_rows(background_table(), photos_only=False)
-    up = {k for k, v in (weights.get("object_weights") or {}).items() if v > 1}
-    bg_up = {k for k, v in (weights.get("background_weights") or {}).items() if v > 1}
-    objects = stamps[stamps["concept"].isin(up) | stamps["category"].isin(up)]["concept"]
-    scenes = backgrounds[backgrounds["concept"].isin(bg_up) | backgrounds["file"].isin(bg_up)]["concept"]
-    return sorted(set(objects) | set(scenes))
-
-
-def _group_folder(out_dir) -> Path:
-    from ._utils.cache import cache_dir
-    return Path(out_dir) if out_dir is not None else cache_dir("bias")
-
-
-def planted_groups(n_per_group: int = 300, seed: int = 0, out_dir=None, planted: dict | None = None,
-                   show_progress: bool = True, **build_options) -> tuple[Path, Path, dict]:
-    """Two StampScenes groups from the same generator with a known, planted difference.
-
-    By default (:data:`PLANTED`) group A has animals weighted x3 and forest
-    backgrounds x8, group B vehicles x10 and sea (ocean, water) backgrounds x4.
-
-    Parameters
-    ----------
-    n_per_group : int
-    seed : int
-        Group A is built with ``seed``, group B with ``seed + 1``.
-    out_dir : path, optional
-        Default: ``cache_dir("bias", "planted-<n>-<seed>")``.
-    planted : dict, optional
-        ``{group: {"object_weights": ..., "background_weights": ...}}`` (any
-        number of groups, see :func:`~lavise_nb.scenes.build_stamp_scenes`).
-    **build_options
-        Passed to ``build_stamp_scenes`` (``stamps_dir``, ``templates_dir``, ``size``...).
-
-    Returns
-    -------
-    (root, csv_path, truth)
-        ``root`` holds ``A/images/...`` etc; ``csv_path`` a metadata CSV with
-        columns ``path`` (relative to ``root``), ``group``, ``background``,
-        ``objects`` (";"-joined object concepts of the image); ``truth`` maps
-        each group to its weights and ``concepts`` (the up-weighted concept names).
-        Load with ``ImageFolderDataset(root, preprocess, metadata_csv=csv_path)``.
-    """
-    planted = PLANTED if planted is None else planted
-    root = _group_folder(out_dir) if out_dir is not None else _group_folder(None) / f"planted-{n_per_group}-{seed}"
-    return _build_groups(root, n_per_group, seed, planted, show_progress, build_options)
-
-
-def _build_groups(root: Path, n_per_group: int, seed: int, planted: dict, show_progress: bool,
-                  build_options: dict) -> tuple[Path, Path, dict]:
-    from .scenes import build_stamp_scenes
-    if n_per_group < 1:
-        raise ValueError(f"n_per_group must be >= 1; got {n_per_group}")
-    root.mkdir(parents=True, exist_ok=True)
-    tables, truth = [], {}
-    for i, (group, weights) in enumerate(planted.items()):
-        folder = build_stamp_scenes(root / str(group), n_images=n_per_group, seed=seed + i,
-                                    object_weights=weights.get("object_weights"),
-                                    background_weights=weights.get("background_weights"),
-                                    image_fields={"group": str(group)}, show_progress=show_progress,
-                                    **build_options)
-        contents = _image_contents(folder)
-        contents.insert(0, "path", [f"{group}/images/{name}" for name in contents.pop("file_name")])
-        contents.insert(1, "group", str(group))
-        tables.append(contents)
-        truth[str(group)] = {**weights, "concepts": _planted_concepts(weights)}
-    csv_path = root / "metadata.csv"
-    pd.concat(tables, ignore_index=True).to_csv(csv_path, index=False)
-    return root, csv_path, truth
-
-
-def null_groups(n_per_group: int = 300, seed: int = 0, out_dir=None, show_progress: bool = True,
-                **build_options) -> tuple[Path, Path, dict]:
-    """Two groups from the same distribution: one StampScenes build split at random.
-
-    Same return values as :func:`planted_groups`; ``truth`` is
-    ``{"A": {"concepts": []}, "B": {"concepts": []}}``: any "significant"
-    filter is a false discovery.
-    """
-    root = _group_folder(out_dir) if out_dir is not None else _group_folder(None) / f"null-{n_per_group}-{seed}"
-    root, csv_path, _ = _build_groups(root, 2 * n_per_group, seed, {"all": {}}, show_progress, build_options)
-    table = pd.read_csv(csv_path, keep_default_na=False)
-    labels = np.array(["A"] * n_per_group + ["B"] * n_per_group)
-    table["group"] = np.random.default_rng(seed).permutation(labels)
-    table.to_csv(csv_path, index=False)
-    return root, csv_path, {"A": {"concepts": []}, "B": {"concepts": []}}
-
-
-def planted_recovery(comparison: GroupComparison, truth: dict, space=None, top: int = 10,
-                     min_similarity: float = 0.6, pool=None) -> pd.DataFrame:
-    """Check the best-ranked significant filters against the planted truth.
-
-    A filter is a *hit* when it is over-represented in a group and one of its
-    ``top_words`` is a planted concept of that group, or (given a word
-    ``space``) has a planted concept of that group as its nearest planted
-    concept of any group with cosine similarity >= ``min_similarity``
-    (reported as ``~concept``).
-
-    ``pool``, the candidate words the names were drawn from (e.g. the reference
-    store's concepts for Network Dissection labels), adds a ``chance`` column:
-    the probability that as many words drawn at random from the pool contain
-    an exact planted concept of the group. Compare ``hit`` rates with it: with
-    many planted concepts (e.g. all animals) a random name hits often.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per filter: ``filter, rank, over_in, difference, q_value, top_words, hit, matched``
-        (and ``chance`` given ``pool``).
-    """
-    from math import comb
-    pool = None if pool is None else sorted(set(pool))
-    per_filter = comparison.filters_table()
-    per_filter = per_filter[per_filter["significant"]].head(top)
-    rows = []
-    for row in per_filter.itertuples():
-        words = [w.strip() for w in str(row.top_words).split(",") if w.strip()]
-        own = set(truth.get(str(row.over_in), {}).get("concepts", []))
-        others = set().union(*[set(v.get("concepts", [])) for g, v in truth.items() if g != str(row.over_in)])
-        matched = next((w for w in words if w in own), "")
-        if not matched and space is not None and own:
-            matched = next((m for m in (_nearest_group_word(space, w, own, others, min_similarity) for w in words)
-                            if m), "")
-        record = dict(filter=row.filter, rank=row.rank, over_in=row.over_in, difference=row.difference,
-                      q_value=row.q_value, top_words=row.top_words, hit=bool(matched), matched=matched)
-        if pool is not None:
-            n, m, k = len(pool), len(own & set(pool)), min(len(words), len(pool))
-            record["chance"] = 1.0 - comb(n - m, k) / comb(n, k) if n else np.nan
-        rows.append(record)
-    columns = ["filter", "rank", "over_in", "difference", "q_value", "top_words", "hit", "matched"]
-    return pd.DataFrame(rows, columns=columns + (["chance"] if pool is not None else []))
-
-
-def _nearest_group_word(space, word: str, own: set, others: set, min_similarity: float) -> str:
-    target = space.embed([word], missing="skip")
-    emb = space.embed(sorted(own | others), missing="skip")
-    if len(target) == 0 or len(emb) == 0:
-        return ""
-    sims = np.asarray(emb.vectors, dtype=np.float32) @ np.asarray(target.vectors[0], dtype=np.float32)
-    best = int(np.argmax(sims))
-    name = emb.names[best]
-    return f"~{name}" if name in own and sims[best] >= min_similarity else ""

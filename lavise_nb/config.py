@@ -264,3 +264,48 @@ class CalibrationSettings:
         if not gammas:
             raise ValueError("gammas must hold at least one candidate offset")
         object.__setattr__(self, "gammas", gammas)
+
+
+CORRECTIONS = ("fdr_bh", "fdr_by", "fdr_tsbh", "fdr_tsbky", "fdr_gbs", "bonferroni", "holm", "holm-sidak", "sidak",
+               "simes-hochberg", "hommel")
+__all__ += ["BiasSettings", "CORRECTIONS"]
+
+
+@dataclass(frozen=True)
+class BiasSettings:
+    """The statistics of :class:`~lavise_nb.bias.GroupComparison`.
+
+    Parameters
+    ----------
+    min_group_size : int
+        Groups with fewer valid images raise a ``ValueError`` (>= 1).
+    alpha : float
+        Significance level (of the corrected q-values) and 1 - confidence of the
+        Wilson intervals, in (0, 1).
+    correction : str or None
+        A :func:`statsmodels.stats.multitest.multipletests` method (one of
+        ``CORRECTIONS``; default ``"fdr_bh"``, Benjamini-Hochberg across filters);
+        ``None`` or ``"none"`` uses the raw p-values (stored as ``None``).
+    n_words : int
+        Words per filter in ``top_words`` (>= 1).
+    imbalance_warning : float
+        Warn when the largest group is this many times the smallest (>= 1).
+    """
+
+    min_group_size: int = 10
+    alpha: float = 0.05
+    correction: str | None = "fdr_bh"
+    n_words: int = 3
+    imbalance_warning: float = 10.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "min_group_size", check_int("min_group_size", self.min_group_size))
+        alpha = check_float("alpha", self.alpha, 0, open_low=True)
+        if alpha >= 1:
+            raise ValueError(f"alpha must be > 0 and < 1, not {alpha}")
+        object.__setattr__(self, "alpha", alpha)
+        correction = None if self.correction == "none" else self.correction
+        check_choice("correction", correction, (*CORRECTIONS, None))
+        object.__setattr__(self, "correction", correction)
+        object.__setattr__(self, "n_words", check_int("n_words", self.n_words))
+        object.__setattr__(self, "imbalance_warning", check_float("imbalance_warning", self.imbalance_warning, 1))

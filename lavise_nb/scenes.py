@@ -10,10 +10,12 @@ only the two tables are part of this package.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,10 @@ from PIL import Image
 from ._utils.cache import cache_dir
 from ._utils.debian import fetch_deb
 from ._utils.progress import progress
+from .config import check_float, check_int
 
-__all__ = ["fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "stamp_table", "background_table", "usable_rows"]
+__all__ = ["SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "split_scene_options",
+           "stamp_table", "background_table", "usable_rows"]
 
 PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
 _SHARE = Path("usr") / "share" / "tuxpaint"
@@ -88,6 +92,97 @@ def usable_rows(table: pd.DataFrame, photos_only: bool) -> pd.DataFrame:
     if photos_only:
         keep &= table["kind"] == "photo"
     return table[keep].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _check_pair(name: str, value, check, rule: str) -> tuple:
+    try:
+        low, high = value
+        ok = check(low, high)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be (low, high) with {rule}, got {value!r}")
+    return tuple(value)
+
+
+def _check_weights(name: str, weights) -> dict | None:
+    if weights is None:
+        return None
+    if not isinstance(weights, dict):
+        raise ValueError(f"{name} must be a dict of sampling multipliers or None, not {weights!r}")
+    for key, value in weights.items():
+        check_float(f"{name}[{key!r}]", value, 0)
+    return dict(weights)
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """How StampScenes images are composed; the values hashed into the build's cache key.
+
+    Parameters
+    ----------
+    n_images : int
+        Number of images (>= 1).
+    seed : int
+        Same settings and seed give a byte-identical ``annotations.json`` (>= 0).
+    size : int
+        Side of the square images in pixels (>= 1).
+    objects : (int, int)
+        Inclusive range of the number of stamps per image, 1 <= low <= high.
+    scale : (float, float)
+        Range of a stamp's longest side as a fraction of ``size``, 0 < low <= high <= 1.
+    object_weights : dict, optional
+        Sampling weight multipliers (>= 0) keyed by concept (``"dog"``) or stamp
+        category (``"animals"``), default 1; use them to plant group differences.
+    background_weights : dict, optional
+        Multipliers keyed by background concept or template file name.
+    """
+
+    n_images: int = 2000
+    seed: int = 0
+    size: int = 224
+    objects: tuple = (1, 4)
+    scale: tuple = (0.25, 0.7)
+    object_weights: dict | None = None
+    background_weights: dict | None = None
+
+    def __post_init__(self):
+        check_int("n_images", self.n_images)
+        check_int("seed", self.seed, 0)
+        check_int("size", self.size)
+        object.__setattr__(self, "objects", _check_pair(
+            "objects", self.objects, lambda lo, hi: 1 <= check_int("objects", lo) <= check_int("objects", hi),
+            "integers 1 <= low <= high"))
+        object.__setattr__(self, "scale", _check_pair(
+            "scale", self.scale, lambda lo, hi: 0 < check_float("scale", lo) <= check_float("scale", hi) <= 1,
+            "0 < low <= high <= 1"))
+        object.__setattr__(self, "object_weights", _check_weights("object_weights", self.object_weights))
+        object.__setattr__(self, "background_weights", _check_weights("background_weights", self.background_weights))
+
+
+def split_scene_options(options: dict, **values) -> tuple[SceneSettings, dict]:
+    """Split keyword options into :class:`SceneSettings` (with ``values``) and the other build arguments.
+
+    Parameters
+    ----------
+    options : dict
+        Keyword arguments mixing :class:`SceneSettings` fields (``objects``,
+        ``object_weights``, ...) and :func:`build_stamp_scenes` arguments
+        (``image_fields``, ``stamps_dir``, ...).
+    **values
+        Further :class:`SceneSettings` fields, e.g. ``n_images`` and ``seed``.
+
+    Returns
+    -------
+    (SceneSettings, dict)
+        The settings and the remaining keyword arguments for :func:`build_stamp_scenes`.
+    """
+    names = {f.name for f in dataclasses.fields(SceneSettings)}
+    fields = {k: v for k, v in options.items() if k in names}
+    return SceneSettings(**values, **fields), {k: v for k, v in options.items() if k not in names}
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -256,16 +351,16 @@ def _categories(stamps: pd.DataFrame, backgrounds: pd.DataFrame) -> list[dict]:
     return [{"id": i, "name": n, "supercategory": s} for i, (n, s) in enumerate(names, start=1)]
 
 
-def _compose(i: int, seed: int, cfg: dict, sources: _Sources, cat_ids: dict) -> tuple:
-    rng = np.random.default_rng([seed, i])
-    size, stamps, backgrounds = cfg["size"], cfg["stamps"], cfg["backgrounds"]
+def _compose(i: int, settings: SceneSettings, cfg: dict, sources: _Sources, cat_ids: dict) -> tuple:
+    rng = np.random.default_rng([settings.seed, i])
+    size, stamps, backgrounds = settings.size, cfg["stamps"], cfg["backgrounds"]
     bg = backgrounds.iloc[rng.choice(len(backgrounds), p=cfg["bg_p"])]
     canvas = _background_crop(sources.background(bg["file"]), rng, size)
     owner = np.full((size, size), -1, dtype=np.int32)
-    n_objects = int(rng.integers(cfg["objects"][0], cfg["objects"][1] + 1))
+    n_objects = int(rng.integers(settings.objects[0], settings.objects[1] + 1))
     rows = list(stamps.iloc[rng.choice(len(stamps), size=n_objects, p=cfg["obj_p"])].itertuples())
     for k, row in enumerate(rows):
-        patch, x, y = _placed_stamp(sources.stamp(row.path), rng, size, cfg["scale"])
+        patch, x, y = _placed_stamp(sources.stamp(row.path), rng, size, settings.scale)
         _paste(canvas, owner, patch, x, y, k)
     anns = [_annotation(owner == k, i, cat_ids[row.concept], row.path)
             for k, row in enumerate(rows) if (owner == k).sum() >= _MIN_VISIBLE * size * size]
@@ -273,6 +368,14 @@ def _compose(i: int, seed: int, cfg: dict, sources: _Sources, cat_ids: dict) -> 
         anns.append(_annotation(owner == -1, i, cat_ids[bg["concept"]], bg["file"]))
     image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
     return image, anns, bg["concept"], n_objects
+
+
+def _key_params(settings: SceneSettings, image_fields: dict) -> dict:
+    """The hashed build parameters (unchanged since version 1 of the build, so existing caches are reused)."""
+    return {"n_images": settings.n_images, "seed": settings.seed, "size": settings.size,
+            "objects": list(settings.objects), "scale": list(settings.scale),
+            "object_weights": settings.object_weights, "background_weights": settings.background_weights,
+            "image_fields": image_fields}
 
 
 def _build_key(params: dict, stamps: pd.DataFrame, backgrounds: pd.DataFrame) -> str:
@@ -318,16 +421,16 @@ def _source_dirs(stamps_dir, templates_dir) -> tuple[Path, Path]:
     return Path(stamps_dir), Path(templates_dir)
 
 
-def _write_scenes(tmp: Path, n_images: int, seed: int, cfg: dict, sources: _Sources, categories: list,
+def _write_scenes(tmp: Path, settings: SceneSettings, cfg: dict, sources: _Sources, categories: list,
                   image_fields: dict, show_progress: bool) -> dict:
     (tmp / "images").mkdir()
     cat_ids = {c["name"]: c["id"] for c in categories}
     images, annotations, planted = [], [], 0
-    for i in progress(range(n_images), enabled=show_progress, desc="StampScenes"):
-        image, anns, bg_concept, n_planted = _compose(i, seed, cfg, sources, cat_ids)
+    for i in progress(range(settings.n_images), enabled=show_progress, desc="StampScenes"):
+        image, anns, bg_concept, n_planted = _compose(i, settings, cfg, sources, cat_ids)
         name = f"{i:06d}.jpg"
         image.save(tmp / "images" / name, quality=95)
-        images.append({"id": i, "file_name": name, "width": cfg["size"], "height": cfg["size"],
+        images.append({"id": i, "file_name": name, "width": settings.size, "height": settings.size,
                        "background": bg_concept, **image_fields})
         annotations.extend(anns)
         planted += n_planted
@@ -348,17 +451,14 @@ def _summary(key: str, cfg: dict, written: dict, n_images: int) -> dict:
             "object_concepts_seen": len({a["category_id"] for a in objects})}
 
 
-def build_stamp_scenes(out_dir=None, n_images: int = 2000, seed: int = 0, size: int = 224, objects=(1, 4),
-                       scale=(0.25, 0.7), object_weights: dict | None = None,
-                       background_weights: dict | None = None, image_fields: dict | None = None,
-                       stamps_dir=None, templates_dir=None, show_progress: bool = True,
-                       stamp_table: pd.DataFrame | None = None,
-                       background_table: pd.DataFrame | None = None) -> Path:
+def build_stamp_scenes(out_dir=None, settings: SceneSettings | None = None, *, image_fields: dict | None = None,
+                       stamps_dir=None, templates_dir=None, stamp_table: pd.DataFrame | None = None,
+                       background_table: pd.DataFrame | None = None, show_progress: bool = True) -> Path:
     """Compose StampScenes: photo stamps pasted on background photos, in COCO format.
 
     Each image is a random square crop of a background photo (resized to
-    ``size``, randomly flipped) with 1..4 photo stamps pasted at random scale,
-    position and horizontal flip. Every object gets an exact mask (alpha > 127,
+    ``settings.size``, randomly flipped) with 1..4 photo stamps pasted at random
+    scale, position and horizontal flip. Every object gets an exact mask (alpha > 127,
     minus what later stamps cover); the visible background gets a mask named
     by its background concept. Objects with less than 1% of the image visible
     are dropped. Concepts are sampled uniformly (then a stamp of that concept),
@@ -368,32 +468,20 @@ def build_stamp_scenes(out_dir=None, n_images: int = 2000, seed: int = 0, size: 
     ----------
     out_dir : str or Path, optional
         Output folder; default ``cache_dir("stampscenes", <hash of the
-        arguments and tables>)``. A complete build made with the same
-        arguments is returned at once.
-    n_images : int
-    seed : int
-        Same arguments and seed give a byte-identical ``annotations.json``.
-    size : int
-        Side of the square images in pixels.
-    objects : (int, int)
-        Inclusive range of the number of stamps per image.
-    scale : (float, float)
-        Range of a stamp's longest side as a fraction of ``size``.
-    object_weights : dict, optional
-        Sampling weight multipliers keyed by concept (``"dog"``) or stamp
-        category (``"animals"``), default 1; use them to plant group
-        differences.
-    background_weights : dict, optional
-        Multipliers keyed by background concept or template file name.
+        settings, image fields and tables>)``. A complete build made with the
+        same arguments is returned at once.
+    settings : SceneSettings, optional
+        Number of images, seed, size, stamps per image, scale and sampling
+        weights (default ``SceneSettings()``).
     image_fields : dict, optional
         Extra JSON fields copied into every image record, e.g.
         ``{"group": "A"}``.
     stamps_dir, templates_dir : str or Path, optional
         Extracted Tux Paint ``stamps/`` and ``templates/`` folders; default
         from :func:`fetch_tuxpaint`.
-    show_progress : bool
     stamp_table, background_table : pandas.DataFrame, optional
         Replace the committed tables (see :func:`stamp_table`).
+    show_progress : bool
 
     Returns
     -------
@@ -405,38 +493,33 @@ def build_stamp_scenes(out_dir=None, n_images: int = 2000, seed: int = 0, size: 
 
     Examples
     --------
-    >>> a = build_stamp_scenes(n_images=500, image_fields={"group": "A"},
-    ...                        object_weights={"animals": 3.0})  # doctest: +SKIP
+    >>> a = build_stamp_scenes(settings=SceneSettings(n_images=500, object_weights={"animals": 3.0}),
+    ...                        image_fields={"group": "A"})  # doctest: +SKIP
     """
+    settings = SceneSettings() if settings is None else settings
     image_fields = dict(image_fields or {})
     reserved = _RESERVED_FIELDS & set(image_fields)
     if reserved:
         raise ValueError(f"image_fields may not set {sorted(reserved)}")
-    if not (1 <= objects[0] <= objects[1]):
-        raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
     stamps = _read_table("stamps.csv") if stamp_table is None else stamp_table
     backgrounds = _read_table("backgrounds.csv") if background_table is None else background_table
     stamps, backgrounds = usable_rows(stamps, photos_only=True), usable_rows(backgrounds, photos_only=False)
-    params = {"n_images": n_images, "seed": seed, "size": size, "objects": list(objects), "scale": list(scale),
-              "object_weights": object_weights, "background_weights": background_weights,
-              "image_fields": image_fields}
-    key = _build_key(params, stamps, backgrounds)
+    key = _build_key(_key_params(settings, image_fields), stamps, backgrounds)
     out_dir = Path(out_dir) if out_dir is not None else cache_dir("stampscenes", key)
     if _complete_build(out_dir, key):
         return out_dir
-    cfg = {"size": size, "objects": tuple(objects), "scale": tuple(scale), "stamps": stamps,
-           "backgrounds": backgrounds,
-           "obj_p": _weights(stamps, object_weights, ("concept", "category"), "object_weights"),
-           "bg_p": _weights(backgrounds, background_weights, ("concept", "file"), "background_weights")}
+    cfg = {"stamps": stamps, "backgrounds": backgrounds,
+           "obj_p": _weights(stamps, settings.object_weights, ("concept", "category"), "object_weights"),
+           "bg_p": _weights(backgrounds, settings.background_weights, ("concept", "file"), "background_weights")}
     categories = _categories(stamps, backgrounds)
     stamps_dir, templates_dir = _source_dirs(stamps_dir, templates_dir)
     _check_sources(stamps, backgrounds, stamps_dir, templates_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".build-{out_dir.name}-"))
     try:
-        written = _write_scenes(tmp, n_images, seed, cfg, _Sources(stamps_dir, templates_dir, size), categories,
+        written = _write_scenes(tmp, settings, cfg, _Sources(stamps_dir, templates_dir, settings.size), categories,
                                 image_fields, show_progress)
-        (tmp / "summary.json").write_text(json.dumps(_summary(key, cfg, written, n_images), indent=1))
+        (tmp / "summary.json").write_text(json.dumps(_summary(key, cfg, written, settings.n_images), indent=1))
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -452,7 +535,9 @@ def stamp_scenes(n_images: int = 2000, seed: int = 0, preprocess=None, show_prog
     preprocess : Preprocess, optional
         The target model's preprocessing (default: 224 px, EfficientNet-Lite's normalisation).
     **options
-        Passed to :func:`build_stamp_scenes` (``object_weights``, ``image_fields``, ...).
+        :class:`SceneSettings` fields other than ``n_images``, ``seed`` and ``size``
+        (``object_weights``, ``objects``, ...) and :func:`build_stamp_scenes` arguments
+        (``image_fields``, ``stamps_dir``, ``templates_dir``, ...).
 
     Returns
     -------
@@ -462,6 +547,6 @@ def stamp_scenes(n_images: int = 2000, seed: int = 0, preprocess=None, show_prog
     from .probe import EFFICIENTNET_LITE
 
     preprocess = preprocess or EFFICIENTNET_LITE
-    folder = build_stamp_scenes(n_images=n_images, seed=seed, size=preprocess.size,
-                                show_progress=show_progress, **options)
+    settings, build = split_scene_options(options, n_images=n_images, seed=seed, size=preprocess.size)
+    folder = build_stamp_scenes(settings=settings, show_progress=show_progress, **build)
     return CocoDataset(folder / "annotations.json", folder / "images", preprocess)

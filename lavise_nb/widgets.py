@@ -539,67 +539,63 @@ __all__ += ["bias_browser", "BiasBrowser"]
 
 
 class BiasBrowser:
-    """Browse a :class:`~lavise_nb.bias.GroupComparison`: grouping column, discovered filters, images per group.
+    """Browse :class:`~lavise_nb.bias.GroupComparison` views: grouping column, discovered filters, images per group.
 
-    Built by :func:`bias_browser`. Attributes: ``widget`` (an ipywidgets box;
-    controls only when interactive), ``result`` (the current
-    :meth:`GroupComparison.compare` table), ``comparison``, ``filter``,
-    ``figure`` (the last gallery figure), ``message`` (why nothing is shown, if so).
+    Built by :func:`bias_browser`, which passes ``build(column) -> GroupComparison`` (the view of a column
+    not shown yet, with the first view's reference store, thresholds' source, explanations and settings)
+    and optionally ``first``, an already built view. Attributes: ``widget`` (an ipywidgets box; controls
+    only when interactive), ``comparison`` (the current view, None when it could not be built),
+    ``views`` (built views by grouping column: switching back shows the same view), ``result`` (its
+    :meth:`GroupComparison.compare` table), ``group_column``, ``filter``, ``figure`` (the last gallery
+    figure), ``message`` (why nothing is shown, if so).
     """
 
-    def __init__(self, store, group_column, *, comparison=None, dataset=None, top: int = 20, k: int = 4,
-                 interactive: bool = True, columns=None, **options):
+    def __init__(self, store, group_column, build, *, first=None, dataset=None, top: int = 20, k: int = 4,
+                 interactive: bool = True):
         import ipywidgets as W
 
-        self.store, self.dataset, self.top, self.k, self.interactive = store, dataset, top, k, interactive
-        self.options = options
-        self.comparison, self.result, self.filter, self.figure, self.message = None, None, None, None, ""
-        self.columns = list(columns) if columns is not None else _bias_group_columns(store)
-        if isinstance(group_column, str) and group_column not in self.columns:
-            self.columns.append(group_column)
+        self.store, self.build, self.dataset, self.top, self.k = store, build, dataset, top, k
+        self.interactive, self.views = interactive, {} if first is None else {first.group_column: first}
+        self.group_column = self.comparison = self.result = self.filter = self.figure = None
+        self.message, self.columns, self._busy = "", _bias_group_columns(store), False
         self._out = W.Output()
-        self._column = W.Dropdown(options=self.columns, value=group_column if group_column in self.columns else None,
-                                  description="group by")
+        self._column = W.Dropdown(options=self.columns, value=None, description="group by")
         self._filter = W.Dropdown(options=[], description="filter", layout=W.Layout(width="60%"))
-        self._busy = False
         if interactive:
-            self._column.observe(lambda change: self.select(group_column=change["new"]), names="value")
+            self._column.observe(lambda change: None if self._busy else self.select(group_column=change["new"]),
+                                 names="value")
             self._filter.observe(lambda change: None if self._busy else self.select(filter=change["new"]),
                                  names="value")
             self.widget = W.VBox([W.HBox([self._column, self._filter]), self._out])
         else:
             self.widget = W.VBox([self._out])
-        self._set_comparison(comparison, group_column)
-        self._render()
+        self.select(group_column=group_column)
 
-    def _set_comparison(self, comparison, group_column) -> None:
-        from .bias import GroupComparison
+    def _show_column(self, group_column) -> None:
+        self.group_column = group_column
         try:
-            self.comparison = comparison or GroupComparison(self.store, group_column, **self.options)
+            if group_column not in self.views:
+                self.views[group_column] = self.build(group_column)
+            self.comparison, self.message = self.views[group_column], ""
             self.result = self.comparison.compare()
-            self.message = ""
         except ValueError as exc:
             self.comparison, self.result, self.message = None, None, str(exc)
-            self.filter = None
-            return
-        per = self.result.drop_duplicates("filter").sort_values("rank").head(self.top)
+        per = [] if self.result is None else \
+            self.result.drop_duplicates("filter").sort_values("rank").head(self.top).to_dict("records")
         labels = [(f"#{int(r['filter'])}  {r['top_words'] or '(no words)'}  diff {r['difference']:+.2f}  "
-                   f"q={r['q_value']:.1g}{' *' if r['significant'] else ''}", int(r["filter"]))
-                  for _, r in per.iterrows()]
+                   f"q={r['q_value']:.1g}{' *' if r['significant'] else ''}", int(r["filter"])) for r in per]
         self._busy = True
-        self._filter.options = labels
-        self.filter = labels[0][1] if labels else None
-        self._filter.value = self.filter
+        if group_column not in self.columns:
+            self.columns.append(group_column)
+            self._column.options = self.columns
+        self._column.value, self._filter.options = group_column, labels
+        self.filter = self._filter.value = labels[0][1] if labels else None
         self._busy = False
 
     def select(self, filter: int | None = None, group_column: str | None = None) -> "BiasBrowser":
         """Show another filter and/or regroup by another column; returns self."""
-        if group_column is not None and (self.comparison is None or group_column != self.comparison.group_column):
-            self._busy = True
-            if group_column in self.columns:
-                self._column.value = group_column
-            self._busy = False
-            self._set_comparison(None, group_column)
+        if group_column is not None and group_column != self.group_column:
+            self._show_column(group_column)
         if filter is not None:
             if self.result is not None and int(filter) not in set(self.result["filter"]):
                 raise ValueError(f"filter {filter} is not part of this comparison")
@@ -611,40 +607,32 @@ class BiasBrowser:
         self._render()
         return self
 
+    def _show_table(self) -> bool:
+        if self.comparison is None or self.filter is None:
+            print(self.message or "no filter to show")
+            return False
+        columns = ["filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high", "difference", "q_value",
+                   "significant", "top_words", "reason"]
+        _display(self.result[self.result["filter"] == self.filter][columns].reset_index(drop=True))
+        return True
+
     def _render(self) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
         from .plots import bias_gallery
 
         self._out.clear_output(wait=True)
         with self._out:
-            if self.comparison is None:
-                print(self.message)
-                return
-            if self.filter is None:
-                print("no filter to show")
-                return
-            rows = self.result[self.result["filter"] == self.filter]
-            display(rows[["filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high", "difference",
-                          "q_value", "significant", "top_words", "reason"]].reset_index(drop=True))
-            self.figure = bias_gallery(self.comparison, [self.filter], k=self.k, dataset=self.dataset)
-            plt.close(self.figure)  # shown explicitly (inside the widget, or by _ipython_display_)
-            if self.interactive:
-                display(self.figure)
+            if self._show_table():
+                self.figure = bias_gallery(self.comparison, [self.filter], k=self.k, dataset=self.dataset)
+                plt.close(self.figure)  # shown explicitly (inside the widget, or by _ipython_display_)
+                if self.interactive:
+                    _display(self.figure)
 
     def _ipython_display_(self):
-        from IPython.display import display
         if self.interactive:
-            display(self.widget)
-            return
-        if self.comparison is None:
-            print(self.message)
-            return
-        rows = self.result[self.result["filter"] == self.filter]
-        display(rows[["filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high", "difference",
-                      "q_value", "significant", "top_words", "reason"]].reset_index(drop=True))
-        if self.figure is not None:
-            display(self.figure)
+            _display(self.widget)
+        elif self._show_table() and self.figure is not None:
+            _display(self.figure)
 
 
 def _bias_group_columns(store, max_groups: int = 20) -> list:
@@ -654,9 +642,8 @@ def _bias_group_columns(store, max_groups: int = 20) -> list:
     for column in store.index.columns:
         if column in skip:
             continue
-        values = store.index[column].dropna()
         try:
-            n = values.nunique()
+            n = store.index[column].dropna().nunique()
         except TypeError:
             continue
         if 2 <= n <= max_groups:
@@ -664,32 +651,50 @@ def _bias_group_columns(store, max_groups: int = 20) -> list:
     return out
 
 
-def bias_browser(store, group_column="group", *, comparison=None, dataset=None, top: int = 20, k: int = 4,
-                 interactive: bool = True, columns=None, **options) -> BiasBrowser:
+def bias_browser(target, group_column: str | None = None, *, reference_store=None, explanations=None,
+                 threshold_source: str = "auto", settings=None, dataset=None, top: int = 20, k: int = 4,
+                 interactive: bool = True) -> BiasBrowser:
     """Browse the filters whose firing rate differs between groups of a target store.
+
+    Regrouping with the "group by" control keeps the reference store (so the
+    thresholds), explanations and settings; switching back shows the first view again.
 
     Parameters
     ----------
-    store : ActivationStore
-        The target store (its ``index`` holds the grouping columns).
-    group_column : str
-        The initial grouping column; the dropdown offers every metadata column with 2-20 values
-        (or ``columns``).
-    comparison : GroupComparison, optional
-        An existing comparison to show first (else one is built from ``options``).
+    target : ActivationStore or GroupComparison
+        The target store (its ``index`` holds the grouping columns), or a comparison to show
+        first, which brings its reference store, thresholds' source, explanations and settings.
+    group_column : str, optional
+        The grouping column shown first (default: the comparison's, else ``"group"``); the
+        dropdown offers every metadata column with 2-20 values.
+    reference_store, explanations, threshold_source, settings
+        As for :class:`~lavise_nb.bias.GroupComparison` (with a store only).
     dataset : optional
         The target dataset, for images exactly as the model saw them with the region outlined.
     top, k : int
         Filters offered (by rank) and images per group.
     interactive : bool
         False renders the table and gallery statically (for papermill / exported HTML).
-    **options
-        Passed to :class:`GroupComparison` (``reference_store``, ``explanations``, ``alpha``...).
 
     Returns
     -------
     BiasBrowser
         ``.widget``, ``.select(filter=..., group_column=...)``, ``.result``.
     """
-    return BiasBrowser(store, group_column, comparison=comparison, dataset=dataset, top=top, k=k,
-                       interactive=interactive, columns=columns, **options)
+    from functools import partial
+
+    from .bias import GroupComparison
+
+    view = dict(dataset=dataset, top=top, k=k, interactive=interactive)
+    if isinstance(target, GroupComparison):
+        given = dict(reference_store=reference_store, explanations=explanations, settings=settings,
+                     threshold_source=None if threshold_source == "auto" else threshold_source)
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            raise ValueError(f"pass {clash} to GroupComparison, not with one: bias_browser(comparison) keeps the "
+                             "comparison's reference store, thresholds' source, explanations and settings")
+        column = target.group_column if group_column is None else group_column
+        return BiasBrowser(target.store, column, target.regroup, first=target, **view)
+    build = partial(GroupComparison, target, reference_store=reference_store, threshold_source=threshold_source,
+                    explanations=explanations, settings=settings)
+    return BiasBrowser(target, "group" if group_column is None else group_column, build, **view)

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import chi2_contingency, fisher_exact
 
 from lavise_nb.bias import (CLASSIFIER_COLUMNS, COMPARE_COLUMNS, CONCEPT_COLUMNS, BiasWarning, GroupComparison)
+from lavise_nb.config import BiasSettings
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.store import ActivationStore, BuildSettings
 from tests.conftest import COLOUR_FILTERS
@@ -31,6 +32,20 @@ def world_store(tmp_path_factory, tiny_model):
     store = ActivationStore.build(tiny_model, "features.1", world, tmp_path_factory.mktemp("bias_stores"),
                                   BuildSettings(batch_size=64, num_workers=0), show_progress=False)
     return store, has_red
+
+
+@pytest.fixture(scope="module")
+def two_column_store(tmp_path_factory, tiny_model):
+    """A ShapesWorld store grouped two ways: "group" (A holds most red images) and "texture" (the background)."""
+    world = ShapesWorld(240, seed=2)
+    layouts = [world.layout(i) for i in range(len(world))]
+    has_red = np.array([any(s["colour"] == "red" for s in layout["shapes"]) for layout in layouts])
+    rng = np.random.default_rng(1)
+    world.records["group"] = np.where(has_red, np.where(rng.random(len(world)) < 0.85, "A", "B"),
+                                      np.where(rng.random(len(world)) < 0.2, "A", "B"))
+    world.records["texture"] = [layout["texture"] for layout in layouts]
+    return ActivationStore.build(tiny_model, "features.1", world, root=tmp_path_factory.mktemp("regroup_stores"),
+                                 batch_size=64, num_workers=0, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +144,32 @@ def test_reference_thresholds_and_mismatched_reference(world_store, tiny_store):
         GroupComparison(store, "group", threshold_source="reference")
 
 
+@pytest.mark.parametrize("values, message", [
+    (dict(alpha=0), "alpha must be > 0"),
+    (dict(alpha=1), "alpha must be > 0 and < 1"),
+    (dict(min_group_size=0), "min_group_size must be >= 1"),
+    (dict(correction="fdr"), "correction must be one of"),
+    (dict(n_words=0), "n_words must be >= 1"),
+    (dict(imbalance_warning=0.5), "imbalance_warning must be >= 1"),
+])
+def test_bias_settings_name_the_bad_value(values, message):
+    with pytest.raises(ValueError, match=message):
+        BiasSettings(**values)
+
+
+def test_regroup_keeps_reference_explanations_and_settings(world_store, tiny_store, explanations):
+    store, _ = world_store
+    settings = BiasSettings(min_group_size=5, n_words=1)
+    comparison = GroupComparison(store, "group", reference_store=tiny_store, explanations=explanations,
+                                 settings=settings)
+    assert BiasSettings(correction="none").correction is None
+    halves = comparison.regroup(np.where(np.arange(store.shape[0]) % 2, "odd", "even"))
+    assert halves.groups == ["even", "odd"] and halves.settings is settings
+    assert halves.threshold_source == "reference" and np.allclose(halves.thresholds, tiny_store.thresholds)
+    assert halves.filter_words[RED] == "red" and halves.reference is tiny_store
+    pd.testing.assert_frame_equal(halves.regroup("group").compare(), comparison.compare())
+
+
 # ----------------------------------------------------------------------------- null
 
 
@@ -137,7 +178,7 @@ def test_null_split_has_no_more_discoveries_than_the_rate_allows(tiny_store):
     found = []
     for seed in range(8):
         labels = np.random.default_rng(seed).permutation(np.array(["A", "B"] * (n // 2)))
-        table = GroupComparison(tiny_store, labels, alpha=0.05).filters_table()
+        table = GroupComparison(tiny_store, labels, settings=BiasSettings(alpha=0.05)).filters_table()
         found.append(int(table["significant"].sum()))
     assert np.mean(found) <= 1.0, found
     assert sum(found) <= 2, found
@@ -148,7 +189,7 @@ def test_null_split_has_no_more_discoveries_than_the_rate_allows(tiny_store):
 
 def test_fisher_p_value_matches_scipy_on_a_hand_case():
     store = _hand_store(k=[8, 2], n=[12, 15])
-    table = GroupComparison(store, "group", min_group_size=5, correction=None).compare()
+    table = GroupComparison(store, "group", settings=BiasSettings(min_group_size=5, correction=None)).compare()
     row = table[table["filter"] == 0].set_index("group")
     expected = fisher_exact([[8, 2], [4, 13]], alternative="two-sided")[1]
     assert row.loc["A", "p_value"] == pytest.approx(expected, rel=1e-12)
@@ -168,7 +209,7 @@ def test_fisher_p_value_matches_scipy_on_a_hand_case():
 
 def test_chi_square_for_three_groups_and_bh_correction():
     store = _hand_store(k=[9, 3, 5], n=[12, 14, 11])
-    table = GroupComparison(store, "group", min_group_size=5).compare()
+    table = GroupComparison(store, "group", settings=BiasSettings(min_group_size=5)).compare()
     row = table[table["filter"] == 0].iloc[0]
     expected = chi2_contingency(np.array([[9, 3, 5], [3, 11, 6]]), correction=False)[1]
     assert row["test"] == "chi2" and row["p_value"] == pytest.approx(expected)
@@ -287,8 +328,63 @@ def test_bias_figures_and_static_browser(world_store, explanations, tmp_path):
     plt.close("all")
 
 
+@pytest.mark.parametrize("entry", ["store", "comparison"])
+def test_browser_regrouping_keeps_reference_thresholds_and_words(entry, two_column_store, tiny_store, explanations):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lavise_nb.widgets import bias_browser
+
+    store, settings = two_column_store, BiasSettings(n_words=1)
+    options = dict(reference_store=tiny_store, explanations=explanations, settings=settings)
+    if entry == "store":
+        browser = bias_browser(store, "group", interactive=True, k=1, **options)
+    else:
+        browser = bias_browser(GroupComparison(store, "group", **options), interactive=True, k=1)
+    assert browser.columns == ["group", "texture"] and browser.filter == RED
+    first, first_labels = browser.result.copy(), list(browser._filter.options)
+    named = {int(f): w for f, w in explanations[explanations["rank"] == 1][["filter", "word"]].to_numpy()}
+    browser._column.value = "texture"  # the "group by" control
+    away = browser.comparison
+    assert browser.group_column == "texture" and away.groups == sorted(set(store.index["texture"]))
+    assert away.threshold_source == "reference" and np.allclose(away.thresholds, tiny_store.thresholds)
+    assert away.settings is settings and away.explanations is explanations
+    labels = dict((f, label) for label, f in browser._filter.options)
+    assert all(named[f] in label and "(no words)" not in label for f, label in labels.items() if f in named)
+    assert (browser.result.loc[browser.result["filter"] == RED, "top_words"] == "red").all()
+    browser._column.value = "group"
+    pd.testing.assert_frame_equal(browser.result, first)  # same counts, shares, tests and words per filter
+    red = browser.result[browser.result["filter"] == RED]
+    assert list(red["n_qualify"]) == list(first.loc[first["filter"] == RED, "n_qualify"])
+    assert (red["top_words"] == "red").all() and (red["threshold"] == tiny_store.thresholds[RED]).all()
+    assert list(browser._filter.options) == first_labels and browser.filter == RED
+    assert np.allclose(browser.comparison.thresholds, tiny_store.thresholds)
+    plt.close("all")
+
+
+def test_browser_of_a_comparison_regroups_like_it(two_column_store, tiny_store, explanations):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lavise_nb.widgets import bias_browser
+
+    comparison = GroupComparison(two_column_store, "group", reference_store=tiny_store, explanations=explanations)
+    browser = bias_browser(comparison, interactive=False, k=1)
+    assert browser.comparison is comparison and browser.group_column == "group"
+    browser.select(group_column="texture")
+    assert np.allclose(browser.comparison.thresholds, tiny_store.thresholds)
+    assert browser.comparison.explanations is explanations and browser.comparison.settings is comparison.settings
+    browser.select(group_column="image_id")  # one image per group: shown as a message, not raised
+    assert browser.comparison is None and "min_group_size" in browser.message
+    browser.select(group_column="group")
+    assert browser.comparison is comparison and browser.filter == RED
+    with pytest.raises(ValueError, match="reference_store"):
+        bias_browser(comparison, reference_store=tiny_store)
+    plt.close("all")
+
+
 def test_planted_recovery_matches_words_to_the_planted_group(world_store, explanations):
-    from lavise_nb.bias import planted_recovery
+    from lavise_nb.planted import planted_recovery
     from tests.helpers import shapes_space
 
     store, _ = world_store

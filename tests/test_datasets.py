@@ -329,6 +329,12 @@ def test_shapes_world_deterministic():
     assert ShapesWorld(3, size=32)[0]["masks"].shape[1:] == (32, 32)
 
 
+def test_shapes_world_needs_an_image_and_keeps_its_id():
+    with pytest.raises(ValueError, match="n_images must be >= 1"):
+        ShapesWorld(0)
+    assert ShapesWorld(20, seed=3).dataset_id == "shapes-9598794507519c54"  # part of existing store keys
+
+
 def test_shapes_world_masks_cover_planted_pixels():
     ds = ShapesWorld(60, seed=0)
     colours = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "yellow": (1, 1, 0)}

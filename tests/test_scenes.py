@@ -49,8 +49,12 @@ def fake(tmp_path):
                                    "concept": "", "reason": "clip-art"}])
     background_table = pd.DataFrame({"file": ["gray.jpg", "dark.jpg", "unused.jpg"],
                                      "concept": ["sky", "ocean", ""], "reason": ["", "", "dominant object"]})
-    return {"stamps_dir": stamps, "templates_dir": templates, "size": SIZE, "show_progress": False,
+    return {"stamps_dir": stamps, "templates_dir": templates, "show_progress": False,
             "stamp_table": stamp_table, "background_table": background_table}
+
+
+def _settings(**values):
+    return scenes.SceneSettings(size=SIZE, **values)
 
 
 def _only(table, **match):
@@ -90,7 +94,8 @@ def _close(pixels, mask, color, tol=40):
 def test_mask_is_exactly_the_planted_alpha_region(tmp_path, fake):
     fake["stamp_table"] = _only(fake["stamp_table"], path="food/red_rect.png")
     fake["background_table"] = _only(fake["background_table"], file="gray.jpg")
-    out = scenes.build_stamp_scenes(tmp_path / "out", n_images=8, objects=(1, 1), scale=(0.5, 0.5), **fake)
+    out = scenes.build_stamp_scenes(tmp_path / "out", _settings(n_images=8, objects=(1, 1), scale=(0.5, 0.5)),
+                                    **fake)
     coco, _, _ = _load(out)
     for ann in coco["annotations"]:
         assert ann["iscrowd"] == 0 and isinstance(ann["segmentation"]["counts"], str)
@@ -109,7 +114,8 @@ def test_mask_is_exactly_the_planted_alpha_region(tmp_path, fake):
 def test_later_stamps_occlude_earlier_ones(tmp_path, fake):
     fake["stamp_table"] = fake["stamp_table"][fake["stamp_table"]["path"].isin(["food/red.png", "sports/blue.png"])]
     fake["background_table"] = _only(fake["background_table"], file="gray.jpg")
-    out = scenes.build_stamp_scenes(tmp_path / "out", n_images=30, objects=(2, 2), scale=(0.5, 0.5), **fake)
+    out = scenes.build_stamp_scenes(tmp_path / "out", _settings(n_images=30, objects=(2, 2), scale=(0.5, 0.5)),
+                                    **fake)
     occluded = 0
     for pixels, masks in _scenes(out):
         objects = [(n, m) for n, kind, m in masks if kind == "object"]
@@ -126,7 +132,8 @@ def test_later_stamps_occlude_earlier_ones(tmp_path, fake):
 
 def test_objects_below_one_percent_are_dropped(tmp_path, fake):
     fake["stamp_table"] = _only(fake["stamp_table"], path="food/red_rect.png")
-    out = scenes.build_stamp_scenes(tmp_path / "out", n_images=5, objects=(1, 1), scale=(0.12, 0.12), **fake)
+    out = scenes.build_stamp_scenes(tmp_path / "out", _settings(n_images=5, objects=(1, 1), scale=(0.12, 0.12)),
+                                    **fake)
     coco, _, kinds = _load(out)
     assert not [a for a in coco["annotations"] if kinds[a["category_id"]] == "object"]
     summary = json.loads((out / "summary.json").read_text())
@@ -134,9 +141,9 @@ def test_objects_below_one_percent_are_dropped(tmp_path, fake):
 
 
 def test_same_arguments_give_identical_builds(tmp_path, fake):
-    a = scenes.build_stamp_scenes(tmp_path / "a", n_images=12, seed=3, **fake)
-    b = scenes.build_stamp_scenes(tmp_path / "b", n_images=12, seed=3, **fake)
-    c = scenes.build_stamp_scenes(tmp_path / "c", n_images=12, seed=4, **fake)
+    a = scenes.build_stamp_scenes(tmp_path / "a", _settings(n_images=12, seed=3), **fake)
+    b = scenes.build_stamp_scenes(tmp_path / "b", _settings(n_images=12, seed=3), **fake)
+    c = scenes.build_stamp_scenes(tmp_path / "c", _settings(n_images=12, seed=4), **fake)
     assert (a / "annotations.json").read_bytes() == (b / "annotations.json").read_bytes()
     assert (a / "images" / "000011.jpg").read_bytes() == (b / "images" / "000011.jpg").read_bytes()
     assert (a / "annotations.json").read_bytes() != (c / "annotations.json").read_bytes()
@@ -148,22 +155,25 @@ def _object_counts(out):
 
 
 def test_weights_shift_concept_frequencies(tmp_path, fake):
-    common = dict(n_images=150, objects=(1, 1), scale=(0.5, 0.5), **fake)
-    plain = _object_counts(scenes.build_stamp_scenes(tmp_path / "plain", **common))
-    heavy = _object_counts(scenes.build_stamp_scenes(tmp_path / "heavy", object_weights={"ball": 6.0}, **common))
-    no_cars = scenes.build_stamp_scenes(tmp_path / "nocar", object_weights={"vehicles": 0},
-                                        background_weights={"ocean": 0}, **common)
+    common = dict(n_images=150, objects=(1, 1), scale=(0.5, 0.5))
+    plain = _object_counts(scenes.build_stamp_scenes(tmp_path / "plain", _settings(**common), **fake))
+    heavy = _object_counts(scenes.build_stamp_scenes(tmp_path / "heavy",
+                                                     _settings(object_weights={"ball": 6.0}, **common), **fake))
+    no_cars = scenes.build_stamp_scenes(tmp_path / "nocar", _settings(object_weights={"vehicles": 0},
+                                                                      background_weights={"ocean": 0}, **common),
+                                        **fake)
     # concepts are sampled uniformly (apple has two stamps but no extra weight)
     assert 30 < plain["apple"] < 70 and 30 < plain["ball"] < 70 and 30 < plain["car"] < 70
     assert heavy["ball"] > 2 * plain["ball"]
     assert "car" not in _object_counts(no_cars)
     assert {image["background"] for image in _load(no_cars)[0]["images"]} == {"sky"}
     with pytest.raises(ValueError, match="dogg"):
-        scenes.build_stamp_scenes(tmp_path / "bad", object_weights={"dogg": 2.0}, **common)
+        scenes.build_stamp_scenes(tmp_path / "bad", _settings(object_weights={"dogg": 2.0}, **common), **fake)
 
 
 def test_image_fields_and_categories(tmp_path, fake):
-    out = scenes.build_stamp_scenes(tmp_path / "out", n_images=4, image_fields={"group": "A", "split": 1}, **fake)
+    out = scenes.build_stamp_scenes(tmp_path / "out", _settings(n_images=4), image_fields={"group": "A", "split": 1},
+                                    **fake)
     coco, _, _ = _load(out)
     assert all(i["group"] == "A" and i["split"] == 1 and i["width"] == SIZE for i in coco["images"])
     assert [i["file_name"] for i in coco["images"]] == [f"{i:06d}.jpg" for i in range(4)]
@@ -172,7 +182,7 @@ def test_image_fields_and_categories(tmp_path, fake):
     assert not {a["source"] for a in coco["annotations"]} & {"symbols/clip.png", "unused.jpg"}
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
     with pytest.raises(ValueError, match="file_name"):
-        scenes.build_stamp_scenes(tmp_path / "bad", image_fields={"file_name": "x"}, **fake)
+        scenes.build_stamp_scenes(tmp_path / "bad", _settings(), image_fields={"file_name": "x"}, **fake)
 
 
 # ----------------------------------------------------------------------------- caching
@@ -180,12 +190,12 @@ def test_image_fields_and_categories(tmp_path, fake):
 
 def test_default_out_dir_is_cached_by_arguments(tmp_path, fake, monkeypatch):
     monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path / "cache"))
-    first = scenes.build_stamp_scenes(n_images=3, **fake)
+    first = scenes.build_stamp_scenes(settings=_settings(n_images=3), **fake)
     stamp = (first / "annotations.json").stat().st_mtime_ns
-    assert scenes.build_stamp_scenes(n_images=3, **fake) == first
+    assert scenes.build_stamp_scenes(settings=_settings(n_images=3), **fake) == first
     assert (first / "annotations.json").stat().st_mtime_ns == stamp
     assert first.parent == tmp_path / "cache" / "stampscenes"
-    other = scenes.build_stamp_scenes(n_images=3, image_fields={"group": "B"}, **fake)
+    other = scenes.build_stamp_scenes(settings=_settings(n_images=3), image_fields={"group": "B"}, **fake)
     assert other != first
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
 
@@ -201,15 +211,54 @@ def test_half_built_folder_is_not_taken_as_complete(tmp_path, fake, monkeypatch)
 
     monkeypatch.setattr(scenes, "_summary", killed)
     with pytest.raises(KeyboardInterrupt):
-        scenes.build_stamp_scenes(out, n_images=3, **fake)
+        scenes.build_stamp_scenes(out, _settings(n_images=3), **fake)
     assert not (out / "summary.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     monkeypatch.setattr(scenes, "_summary", real_summary)
-    scenes.build_stamp_scenes(out, n_images=3, **fake)
+    scenes.build_stamp_scenes(out, _settings(n_images=3), **fake)
     assert len(_load(out)[0]["images"]) == 3
     # a complete build for other arguments is replaced, not returned
-    scenes.build_stamp_scenes(out, n_images=2, **fake)
+    scenes.build_stamp_scenes(out, _settings(n_images=2), **fake)
     assert len(_load(out)[0]["images"]) == 2
+
+
+def test_cache_key_is_unchanged_for_existing_builds():
+    # the hashed parameters of build version 1: scenes already in users' caches stay valid
+    settings = scenes.SceneSettings(n_images=3, seed=1, size=64, objects=[2, 3], object_weights={"dog": 2.0})
+    assert scenes._key_params(settings, {"group": "A"}) == {
+        "n_images": 3, "seed": 1, "size": 64, "objects": [2, 3], "scale": [0.25, 0.7],
+        "object_weights": {"dog": 2.0}, "background_weights": None, "image_fields": {"group": "A"}}
+    stamps = scenes.usable_rows(scenes.stamp_table(), photos_only=True)
+    backgrounds = scenes.usable_rows(scenes.background_table(), photos_only=False)
+    # the default reference set (stamp_scenes(), 2000 images of 224 px); changes only with the committed tables
+    assert scenes._build_key(scenes._key_params(scenes.SceneSettings(), {}), stamps, backgrounds) == "3eb6e2fa137d"
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(n_images=0), "n_images must be >= 1"),
+    (dict(seed=-1), "seed must be >= 0"),
+    (dict(size=0), "size must be >= 1"),
+    (dict(objects=(2, 1)), r"objects must be \(low, high\) with integers 1 <= low <= high"),
+    (dict(objects=(0, 2)), "objects must be"),
+    (dict(objects=3), "objects must be"),
+    (dict(scale=(0.0, 0.5)), r"scale must be \(low, high\) with 0 < low <= high <= 1"),
+    (dict(scale=(0.5, 1.5)), "scale must be"),
+    (dict(object_weights={"dog": -1}), r"object_weights\['dog'\] must be >= 0"),
+    (dict(background_weights=[1.0]), "background_weights must be a dict"),
+])
+def test_scene_settings_name_the_bad_value(values, message):
+    with pytest.raises(ValueError, match=message):
+        scenes.SceneSettings(**values)
+
+
+def test_options_split_into_settings_and_build_arguments(tmp_path):
+    settings, build = scenes.split_scene_options(
+        {"object_weights": {"dog": 2.0}, "objects": (1, 2), "image_fields": {"group": "A"}, "stamps_dir": tmp_path},
+        n_images=5, seed=2, size=32)
+    assert settings == scenes.SceneSettings(n_images=5, seed=2, size=32, objects=(1, 2), object_weights={"dog": 2.0})
+    assert build == {"image_fields": {"group": "A"}, "stamps_dir": tmp_path}
+    with pytest.raises(TypeError, match="size"):
+        scenes.split_scene_options({"size": 64}, size=32)
 
 
 def test_fetch_returns_existing_tree_and_explains_missing_tools(tmp_path, monkeypatch):
