@@ -44,8 +44,8 @@ def two_column_store(tmp_path_factory, tiny_model):
     world.records["group"] = np.where(has_red, np.where(rng.random(len(world)) < 0.85, "A", "B"),
                                       np.where(rng.random(len(world)) < 0.2, "A", "B"))
     world.records["texture"] = [layout["texture"] for layout in layouts]
-    return ActivationStore.build(tiny_model, "features.1", world, root=tmp_path_factory.mktemp("regroup_stores"),
-                                 batch_size=64, num_workers=0, show_progress=False)
+    return ActivationStore.build(tiny_model, "features.1", world, tmp_path_factory.mktemp("regroup_stores"),
+                                 BuildSettings(batch_size=64, num_workers=0), show_progress=False)
 
 
 @pytest.fixture(scope="module")
