@@ -21,7 +21,7 @@ from .config import METHODS, ExplainSettings
 from .mapper import pool_features
 from .probe import LayerProbe, resolve_device
 from .regions import filter_maps
-from .words import Vocabulary
+from .words import MissingWordsError, Vocabulary
 
 __all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS", "hub_note"]
 
@@ -375,7 +375,12 @@ class FilterExplainer:
             Columns ``query, rank, filter, score`` (cosine between the phrase and the
             filter's explanation vector) and ``words`` (the filter's top words).
         """
-        query = torch.from_numpy(np.asarray(self.space.embed([phrase]).vectors, dtype=np.float32))
+        try:
+            embedded = self.space.embed([phrase])
+        except MissingWordsError:
+            raise ValueError(f"the word space {self.space.name!r} has no vector for {phrase!r} (nor for any of its "
+                             "words): try another spelling or a related word") from None
+        query = torch.from_numpy(np.asarray(embedded.vectors, dtype=np.float32))
         filters, vectors = self.filter_vectors()
         scores = (vectors @ query[0]).numpy()
         order = np.argsort(-scores)[:k]

@@ -47,7 +47,7 @@ def filter_maps(store, images, filters=None, size: int | None = None) -> torch.T
     size = size or store.image_size
     maps = store.features(images)
     if filters is not None:
-        filters = torch.as_tensor(np.asarray(filters, dtype=np.int64).reshape(-1))
+        filters = torch.from_numpy(np.array(filters, dtype=np.int64).reshape(-1))
         maps = maps[torch.arange(len(images)), filters]
     return upsample(maps, size)
 
@@ -73,7 +73,7 @@ def filter_regions(store, images, filters=None, size: int | None = None, thresho
     limits = torch.as_tensor(np.asarray(store.thresholds if thresholds is None else thresholds, dtype=np.float32))
     if filters is None:
         return maps > limits[None, :, None, None]
-    chosen = limits[torch.as_tensor(np.asarray(filters, dtype=np.int64).reshape(-1))]
+    chosen = limits[torch.from_numpy(np.array(filters, dtype=np.int64).reshape(-1))]
     return maps > chosen[:, None, None]
 
 

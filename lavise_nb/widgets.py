@@ -381,7 +381,7 @@ class LookupWidget:
             self.message = ""
         except (KeyError, ValueError) as error:
             self.result = self.result.iloc[0:0]
-            self.message = f"cannot look up {query!r}: {error}"
+            self.message = str(error).strip("'\"")
         self.figure.clear()
         if self.message:
             self.figure.text(0.5, 0.5, self.message, ha="center")

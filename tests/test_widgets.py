@@ -89,7 +89,8 @@ def test_lookup_widget(explainer):
     outputs = _shown(ui)
     assert any("image/png" in o.data for o in outputs)
     ui.search("notaword_xyz")
-    assert ui.result.empty and "cannot look up" in ui.message
+    assert ui.result.empty and "has no vector for 'notaword_xyz'" in ui.message
+    assert "missing=" not in ui.message  # words a notebook user can act on, not API advice
 
 
 def test_calibration_compare_shows_both_rankings(tiny_store, mapper, space):

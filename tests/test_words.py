@@ -501,3 +501,15 @@ def test_sentence_space_template_changes_the_text_not_the_keys(tmp_path, monkeyp
     assert np.allclose(again.kv["dog"], prompted.kv["dog"]) and again.name == prompted.name
     with pytest.raises(ValueError, match="template"):
         W.sentence_space(["dog"], template="a photo")
+
+
+def test_names_a_space_lacks_are_reported_once_in_words(tiny):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            tiny.embed(["dog", "zebra", "okapi"], missing="skip")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "2 of 3 names have no vector in word space 'tiny'" in messages[0]
+    assert "'zebra'" in messages[0] and "load_word_space" in messages[0]

@@ -90,6 +90,7 @@ class WordSpace:
     def __init__(self, kv: KeyedVectors, name: str = "custom", *, space_id: str | None = None):
         self.kv = kv
         self.name = str(name)
+        self._noted: set = set()
         self._normed: np.ndarray | None = None
         self._space_id: str | None = None if space_id is None else str(space_id)
 
@@ -166,6 +167,12 @@ class WordSpace:
             (known if hit is not None else unknown).append(hit if hit is not None else part)
         return known, unknown
 
+    def note(self, message: str) -> None:
+        """Warn once per message and space: the same names lost in every cell of a notebook say it once."""
+        if message not in self._noted:
+            self._noted.add(message)
+            warnings.warn(message, stacklevel=3)
+
     def embed(self, names: str | Iterable[str], missing: str = "error") -> Embedding:
         """Embed concept names as unit vectors.
 
@@ -202,14 +209,13 @@ class WordSpace:
         if lost and missing == "error":
             raise MissingWordsError(lost, self.name)
         if lost:
-            warnings.warn(
-                f"dropped {len(lost)} name(s) unknown to {self.name}: {lost}", stacklevel=2
-            )
+            self.note(f"{len(lost)} of {len(names)} names have no vector in word space {self.name!r} and are left out "
+                      f"(e.g. {', '.join(map(repr, lost[:5]))}); to keep them, load a word space that has them "
+                      "(load_word_space(..., words=[...]) adds names to the default GloVe+MiniLM space)")
         if partial:
-            warnings.warn(
-                f"{len(partial)} name(s) embedded from their known tokens only "
-                f"(unknown tokens ignored): {partial}", stacklevel=2
-            )
+            examples = ", ".join(f"{k!r} without {v}" for k, v in list(partial.items())[:3])
+            self.note(f"{len(partial)} of {len(names)} names are embedded from some of their words only ({examples}); "
+                      "their vectors may be rough")
         vectors = unit_rows(np.stack(rows)) if rows else np.zeros((0, self.dim), np.float32)
         return Embedding(kept, vectors, lost, partial)
 
