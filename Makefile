@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= outputs
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test quality bench clean-outputs
+.PHONY: setup demo run test quality bench clean-outputs
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ FAST_MALLOC := LAVISE_NB_MALLOC=fast
 
 demo: $(STAMP)
 	$(FAST_MALLOC) $(PY) scripts/demo.py --output-dir $(OUT)
+
+# the three notebooks in order with your parameters: make run ARGS="-p model resnet18 -p weights ckpt.pth ..."
+run: $(STAMP)
+	$(FAST_MALLOC) $(PY) scripts/demo.py --output-dir $(OUT) $(ARGS)
 
 test: $(STAMP)
 	$(FAST_MALLOC) $(PY) -m pytest -q tests

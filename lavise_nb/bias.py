@@ -32,7 +32,7 @@ import pandas as pd
 
 from .config import BiasSettings, check_choice
 
-__all__ = ["GroupComparison", "BiasWarning", "pooled_features", "COMPARE_COLUMNS", "CONCEPT_COLUMNS",
+__all__ = ["GroupComparison", "BiasWarning", "wilson_interval", "pooled_features", "COMPARE_COLUMNS", "CONCEPT_COLUMNS",
            "CLASSIFIER_COLUMNS"]
 
 COMPARE_COLUMNS = ["layer", "filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high",
@@ -51,10 +51,13 @@ class BiasWarning(UserWarning):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _wilson(k: np.ndarray, n: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(k: np.ndarray, n: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score intervals of k successes in n, (m,) each; every interval holds its share k / n."""
     from statsmodels.stats.proportion import proportion_confint
     low, high = proportion_confint(k, n, alpha=alpha, method="wilson")
-    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    share = np.asarray(k, dtype=float) / np.maximum(np.asarray(n, dtype=float), 1)
+    # rounding can put a bound a hair past the share itself (k = 0 or k = n): the interval must hold it
+    return np.minimum(np.asarray(low, dtype=float), share), np.maximum(np.asarray(high, dtype=float), share)
 
 
 def pooled_features(store, block: int = 256) -> np.ndarray:
@@ -303,7 +306,7 @@ class GroupComparison:
         k, n = self.counts()
         n_f, n_g = k.shape
         share = k / n[None, :]
-        low, high = _wilson(k.reshape(-1), np.tile(n, n_f), alpha)
+        low, high = wilson_interval(k.reshape(-1), np.tile(n, n_f), alpha)
         low, high = low.reshape(n_f, n_g), high.reshape(n_f, n_g)
         p = np.full(n_f, np.nan)
         reason = np.full(n_f, "", dtype=object)

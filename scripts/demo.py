@@ -12,11 +12,17 @@ table at k=20.
 
 Usage::
 
-    python scripts/demo.py --output-dir outputs [--n-images 2000] [--max-epochs 60]
+    python scripts/demo.py --output-dir outputs [--n-images 2000] [-p NAME VALUE ...] [--parameters FILE]
+
+``-p NAME VALUE`` sets a notebook parameter (a Python literal, else a string: ``-p weights ckpt.pth``,
+``-p class_names None``, ``-p max_epochs 100``); ``--parameters`` reads them from a JSON file. Each notebook
+gets the ones it declares, so one set of parameters drives all three.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import sys
 import time
 from pathlib import Path
@@ -73,21 +79,41 @@ def summary(out: Path, k: int = 20) -> None:
         print(table.pivot_table(index="method", columns=["ground", "subset"], values="recall").round(3).to_string())
 
 
+def literal(text: str):
+    """A command-line value as a Python literal when it is one (``None``, ``3``, ``[1, 2]``), else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="outputs", help="where results and executed notebooks go")
     parser.add_argument("--n-images", type=int, default=None, help="reference scenes (notebook default: 2000)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (notebook default: 60)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (notebook default: 300)")
     parser.add_argument("--layer", default=None, help="layer to explain (notebook default: _blocks.15)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter (repeatable)")
+    parser.add_argument("--parameters", help="a JSON file of notebook parameters")
     parser.add_argument("--kernel", default="python3")
     args = parser.parse_args(argv)
 
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = {"output_dir": str(out), "interactive": False, "show_progress": False}
+    if args.parameters:
+        overrides.update(json.loads(Path(args.parameters).read_text()))
     for key in ("n_images", "max_epochs", "layer"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    overrides.update({name: literal(value) for name, value in args.parameter})
+    import papermill as pm
+
+    declared = set().union(*(pm.inspect_notebook(str(NOTEBOOKS / n)) for n in ORDER if (NOTEBOOKS / n).is_file()))
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        parser.error(f"no notebook takes the parameter(s) {unknown}; the notebooks take: {sorted(declared)}")
     timings = {}
     for name in ORDER:
         if (NOTEBOOKS / name).is_file():

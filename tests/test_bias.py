@@ -397,3 +397,13 @@ def test_planted_recovery_matches_words_to_the_planted_group(world_store, explan
     assert near.iloc[0]["matched"] == "~purple"
     chance = planted_recovery(comparison, truth, top=1, pool=["red", "blue", "green", "yellow"])["chance"].iloc[0]
     assert chance == pytest.approx(1 - 3 / 6)  # 2 words drawn from 4, one of them planted: 1 - C(3,2)/C(4,2)
+
+
+def test_wilson_intervals_always_hold_the_share():
+    from lavise_nb.bias import wilson_interval
+
+    k, n = np.array([0, 3, 12, 0]), np.array([12, 12, 12, 7])
+    low, high = wilson_interval(k, n, 0.05)
+    share = k / n
+    assert (low <= share).all() and (share <= high).all() and (low >= 0).all() and (high <= 1).all()
+    assert high[0] > 0 and low[2] < 1  # an empty or full group still has an interval

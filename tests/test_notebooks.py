@@ -9,12 +9,14 @@ import torch
 papermill = pytest.importorskip("papermill")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-COMMON = ["model", "layer", "n_images", "seed", "word_space", "output_dir", "interactive", "show_progress",
-          "store_root"]
+COMMON = ["model", "weights", "num_classes", "layer", "reference", "annotations", "image_data", "images", "n_images",
+          "seed", "word_space", "class_names", "vocabulary", "output_dir", "interactive", "show_progress", "store_root",
+          "device"]
 DOCUMENTED = {
+    "03_bias_analysis.ipynb": COMMON + ["target_root", "target_csv", "group_column", "n_per_group", "alpha"],
     "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction", "calibrate", "p",
-                                          "calibration_vocabulary", "weak_labels", "class_prior"],
-    "02_explain_filters.ipynb": COMMON + ["vocabulary", "method", "attention", "p", "s", "voting", "top_words",
+                                          "weak_labels", "class_prior"],
+    "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
                                           "class_prior"],
 }

@@ -93,6 +93,7 @@ def test_notebooks_run_on_a_fine_tuned_torchvision_model_and_coco_photos(tmp_pat
     _write_glove(vectors)
     targets, targets_csv = _write_targets(tmp_path, seed=1)
     out = tmp_path / "out"
+    out.mkdir()
     common = dict(model="resnet18", weights=str(checkpoint), layer="layer3", reference="coco",
                   annotations=str(annotations), images=str(images), word_space=str(vectors), class_names=None,
                   vocabulary="concepts", seed=0, output_dir=str(out), store_root=str(tmp_path / "stores"),
