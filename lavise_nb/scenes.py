@@ -1,9 +1,9 @@
 """StampScenes: the embedded default reference dataset, composed from Tux Paint photos.
 
 Debian's ``tuxpaint-stamps-default`` ships PNG stamps with an alpha channel;
-the photographs among them (listed and named by hand in ``data/stamps.csv``)
-are pasted onto background photos from ``tuxpaint-data`` (named in
-``data/backgrounds.csv``). The alpha channel gives every pasted object an exact
+the photographs among them (listed and named by hand in the package's
+``data/stamps.csv``) are pasted onto background photos from ``tuxpaint-data``
+(named in ``data/backgrounds.csv``). The alpha channel gives every pasted object an exact
 mask, so the scenes form a segmentation dataset in COCO format with no manual
 labelling. The images are GPL-2 and are fetched at run time with ``apt-get``;
 only the two tables are part of this package.
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,6 @@ __all__ = ["SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scene
 
 PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
 _SHARE = Path("usr") / "share" / "tuxpaint"
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 _BUILD_VERSION = 1
 _MIN_VISIBLE = 0.01
 _RESERVED_FIELDS = {"id", "file_name", "width", "height"}
@@ -42,11 +43,13 @@ _RESERVED_FIELDS = {"id", "file_name", "width", "height"}
 
 
 def _read_table(name: str) -> pd.DataFrame:
-    return pd.read_csv(DATA_DIR / name, dtype=str, keep_default_na=False)
+    """A table shipped in the package's ``data/`` (readable from a wheel, a zip or a source checkout)."""
+    data = (resources.files("lavise_nb") / "data" / name).read_bytes()
+    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
 
 
 def stamp_table() -> pd.DataFrame:
-    """The committed table of Tux Paint stamps (``data/stamps.csv``).
+    """The committed table of Tux Paint stamps (the package's ``data/stamps.csv``).
 
     Returns
     -------
@@ -61,7 +64,7 @@ def stamp_table() -> pd.DataFrame:
 
 
 def background_table() -> pd.DataFrame:
-    """The committed table of Tux Paint template photos (``data/backgrounds.csv``).
+    """The committed table of Tux Paint template photos (the package's ``data/backgrounds.csv``).
 
     Returns
     -------

@@ -134,8 +134,10 @@ def test_coco_report_and_records(coco_files):
     ds = CocoDataset(ann, images, RAW)
     ds[0]
     report = ds.report()
-    assert list(report.columns) == ["image_id", "concept", "problem"]
+    assert list(report.columns) == ["image_id", "file", "concept", "problem"]
     problems = set(zip(report.image_id, report.concept.fillna(""), report.problem))
+    assert set(report[report.image_id == 2].file) == {str(images / "missing.png")}
+    assert set(report[report.image_id == 1].file) == {str(images / "wide.png")}
     assert (1, "cat", "zero-area box") in problems
     assert (1, "person", "crowd annotation kept") in problems
     assert (2, "", "missing image") in problems
@@ -384,3 +386,145 @@ def test_coco_bad_annotations_never_raise(tmp_path):
     assert sample["error"] is None and sample["concepts"] == []
     problems = " | ".join(ds.report().problem)
     assert "degenerate polygon" in problems and "segmentation size" in problems
+
+
+# ----------------------------------------------------------------------------- crop modes, raw masks
+
+
+@pytest.fixture
+def corner_files(tmp_path):
+    """A 60x20 image with a dog box in the far right corner (rows 0-5, columns 52-59), blue on grey."""
+    rgb = np.full((20, 60, 3), 128, np.uint8)
+    rgb[0:6, 52:60] = (0, 0, 255)
+    Image.fromarray(rgb).save(tmp_path / "wide.png")
+    data = {"images": [{"id": 1, "file_name": "wide.png", "width": 60, "height": 20}],
+            "categories": [{"id": 1, "name": "dog"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [52, 0, 8, 6], "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    return tmp_path / "ann.json", tmp_path
+
+
+@pytest.mark.parametrize("mode, kept", [("center_crop", False), ("resize", True), ("letterbox", True)])
+def test_far_corner_box_survives_resize_and_letterbox_only(corner_files, mode, kept):
+    ds = CocoDataset(*corner_files, Preprocess(20, mode=mode, mean=(0, 0, 0), std=(1, 1, 1)))
+    sample = ds[0]
+    assert (sample["concepts"] == ["dog"]) is kept
+    lost = (1, "dog", "empty mask after preprocessing") in set(zip(ds.report().image_id, ds.report().concept,
+                                                                     ds.report().problem))
+    assert lost is not kept
+    valid = sample["valid"]
+    assert valid.shape == (20, 20) and valid.dtype == torch.bool
+    assert bool(valid.all()) is (mode != "letterbox")
+    for mask in sample["masks"]:
+        assert not (mask & ~valid).any()
+        assert (sample["image"][2][mask] > 0.5).all()
+    names, raw = ds.raw_masks(0)     # before preprocessing: the box, whatever the mode
+    expected = np.zeros((20, 60), bool)
+    expected[0:6, 52:60] = True
+    assert names == ["dog"] and raw.shape == (1, 20, 60) and raw.dtype == bool
+    np.testing.assert_array_equal(raw[0], expected)
+
+
+def test_letterbox_valid_mask_in_samples_and_batches(corner_files):
+    ds = CocoDataset(*corner_files, Preprocess(30, mode="letterbox"))
+    sample = ds[0]
+    assert sample["valid"][10:20].all() and not sample["valid"][:10].any() and not sample["valid"][20:].any()
+    assert (sample["image"][:, ~sample["valid"]] == 0).all()
+    batch = collate_samples([sample, sample])
+    assert batch["valid"].shape == (2, 30, 30) and torch.equal(batch["valid"][1], sample["valid"])
+    legacy = {k: v for k, v in sample.items() if k != "valid"}          # a dataset written before "valid"
+    assert collate_samples([legacy])["valid"].all()
+    assert not collate_samples([{**legacy, "error": "missing image"}])["valid"].any()
+
+
+def test_raw_masks_of_the_other_datasets(vg_files, folder):
+    vg = VisualGenomeDataset(*vg_files, Preprocess(size=10), min_images=2)
+    names, raw = vg.raw_masks(0)
+    assert names == ["dog", "fire hydrant"] and raw.shape == (2, 20, 40)
+    assert raw[0, 4:12, 10:20].all() and raw[0].sum() == 10 * 8 + 4 * 6
+    world = ShapesWorld(3, seed=0)
+    names, raw = world.raw_masks(1)
+    _, render_names, render_masks = world.render(1)
+    assert names == render_names and np.array_equal(raw, render_masks)
+    photos = ImageFolderDataset(folder, Preprocess(size=8))
+    assert photos.raw_masks(0)[1].shape == (0, 8, 10)
+    with pytest.raises(ValueError, match="cannot be read"):
+        photos.raw_masks(2)
+    assert ShapesWorld(2)[0]["valid"].all()
+
+
+# ----------------------------------------------------------------------------- reading images
+
+
+def _exif_jpeg(path, rgb, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+
+
+def test_exif_orientation_is_applied_and_masks_stay_aligned(tmp_path):
+    stored = np.full((16, 32, 3), (0, 0, 220), np.uint8)     # stored 32 wide, 16 tall, blue
+    stored[0:8, 0:8] = (230, 20, 20)                           # a red block in the stored top-left corner
+    _exif_jpeg(tmp_path / "phone.jpg", stored, 6)              # 6: turn 90 degrees clockwise to display
+    shown = np.asarray(Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270))
+    assert shown.shape[:2] == (32, 16)                         # displayed 16 wide, 32 tall; red at top right
+    data = {"images": [{"id": 1, "file_name": "phone.jpg", "width": 16, "height": 32}],
+            "categories": [{"id": 1, "name": "apple"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 0, 8, 8], "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    ds = CocoDataset(tmp_path / "ann.json", tmp_path, Preprocess(32, mode="letterbox", mean=(0, 0, 0), std=(1, 1, 1)))
+    sample = ds[0]
+    assert "differs from annotation" not in " ".join(ds.report().problem)
+    red = (sample["image"][0] > 0.5) & (sample["image"][2] < 0.5)
+    apple = sample["masks"][0]
+    assert apple.sum() == 64 and (red == apple).float().mean() > 0.98   # 8x8 box, columns 8+8..15+8 after padding
+    assert apple[0:8, 16:24].all()
+    folder_ds = ImageFolderDataset(tmp_path, Preprocess(8))
+    assert folder_ds.records[["width", "height"]].values.tolist() == [[16, 32]]
+    assert folder_ds[0]["error"] is None and "differs" not in " ".join(folder_ds.report().problem)
+
+
+def test_gif_and_other_pillow_formats_are_read_and_other_files_reported(tmp_path):
+    frames = [Image.new("RGB", (12, 12), colour) for colour in [(255, 0, 0), (0, 255, 0)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    Image.new("RGB", (12, 12), (0, 0, 255)).save(tmp_path / "scan.tif")
+    Image.new("RGB", (12, 12), (0, 0, 255)).save(tmp_path / "photo.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path, Preprocess(8, mean=(0, 0, 0), std=(1, 1, 1)))
+    assert ds.records["image_id"].tolist() == ["anim.gif", "photo.jpg", "scan.tif"]
+    first = ds[0]["image"].mean((1, 2))
+    assert first[0] > 0.9 and first[1] < 0.1                    # the first frame, red
+    assert ds[2]["error"] is None
+    report = ds.report()
+    assert report.values.tolist() == [[None, str(tmp_path / "notes.txt"), None, "skipped: not a format Pillow reads"]]
+    jpg_only = ImageFolderDataset(tmp_path, Preprocess(8), extensions=(".jpg",))
+    skipped = dict(zip(jpg_only.report().file, jpg_only.report().problem))
+    assert skipped[str(tmp_path / "anim.gif")] == "skipped: .gif is not in extensions"
+    assert skipped[str(tmp_path / "scan.tif")] == "skipped: .tif is not in extensions"
+    with pytest.raises(ValueError, match="none of its 4 files ends in .png"):
+        ImageFolderDataset(tmp_path, Preprocess(8), extensions=(".png",))
+
+
+def test_image_folder_default_keeps_its_dataset_id(folder):
+    first_default = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+    assert ImageFolderDataset(folder, Preprocess(8)).dataset_id == \
+        ImageFolderDataset(folder, Preprocess(8), extensions=first_default).dataset_id
+    Image.new("RGB", (6, 6)).save(folder / "new.gif")
+    assert ImageFolderDataset(folder, Preprocess(8)).dataset_id != \
+        ImageFolderDataset(folder, Preprocess(8), extensions=first_default).dataset_id
+
+
+def test_unreadable_image_report_names_the_file(folder):
+    ds = ImageFolderDataset(folder, Preprocess(size=8))
+    row = ds.report().iloc[0]
+    assert row.file == str(folder / "bad.jpg") and row.problem.startswith("unreadable image")
+
+
+def test_vg_smaller_than_min_images_says_why_and_how_to_fix(vg_files):
+    with pytest.raises(ValueError, match=r"min_images=100 of these 3 Visual Genome images \(the most frequent, "
+                                         r"'dog', is in 3\).*min_images=3\)"):
+        VisualGenomeDataset(*vg_files, Preprocess(size=10))
+    objects, image_data, images = vg_files
+    objects.write_text(json.dumps([{"image_id": 1, "objects": []}]))
+    with pytest.raises(ValueError, match="no object of the 1 Visual Genome images"):
+        VisualGenomeDataset(objects, image_data, images, Preprocess(size=10), min_images=1)

@@ -303,3 +303,12 @@ def test_background_table_is_consistent(glove_words):
     assert (used["reason"] == "").all() and (table.loc[table["concept"] == "", "reason"] != "").all()
     assert all(c in glove_words for c in used["concept"])
     assert not set(used["concept"]) & set(scenes.stamp_table()["concept"])
+
+
+def test_tables_are_package_data():
+    from importlib import resources
+    folder = resources.files("lavise_nb") / "data"
+    assert (folder / "stamps.csv").is_file() and (folder / "backgrounds.csv").is_file()
+    assert list(scenes.stamp_table().columns) == ["path", "category", "caption", "kind", "concept", "reason"]
+    assert list(scenes.background_table().columns) == ["file", "concept", "reason"]
+    assert len(scenes.usable_rows(scenes.stamp_table(), photos_only=True)) > 100

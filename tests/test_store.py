@@ -1,12 +1,19 @@
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
-from lavise_nb.datasets import ShapesWorld
-from lavise_nb.probe import LayerProbe, wrap_model
+from lavise_nb.datasets import ImageFolderDataset, ShapesWorld
+from lavise_nb.probe import EFFICIENTNET_LITE, LayerProbe, wrap_model
 from lavise_nb.store import ActivationStore, BuildInterrupted, BuildSettings
+from lavise_nb.store.masks import load_valid_cells
+from lavise_nb.transform import Preprocess
 from tests.conftest import RED_FILTER, planted_net
 
 
@@ -131,3 +138,90 @@ def test_activation_map_upsamples_to_image_size(tiny_store):
     amap = tiny_store.activation_map(0, RED_FILTER)
     assert amap.shape == (64, 64)
     assert amap.max() <= float(np.asarray(tiny_store.maxima)[0, RED_FILTER]) + 1e-3
+
+
+# ----------------------------------------------------------------------------- letterbox padding
+
+
+LETTERBOX = Preprocess(32, (0.5,) * 3, (0.25,) * 3, mode="letterbox")
+
+
+def _padding_net():
+    """1x1 conv then 4x4 average pooling (32 px -> 8x8 maps). Padding (0 after normalisation) gives filter 0
+    its largest value, 1; the bright real pixels give it less. Filter 1 is the pixels' sum (0 on padding)."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AvgPool2d(4))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]).view(2, 3, 1, 1))
+        net[0].bias.copy_(torch.tensor([1.0, 0.0]))
+    return wrap_model(net, Preprocess(32, (0.5,) * 3, (0.25,) * 3), "padding-net")
+
+
+@pytest.fixture(scope="module")
+def letterboxed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("letterboxed")
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(64, 20)] * 8 + [(20, 64)] * 3 + [(40, 40)]):
+        Image.fromarray(rng.integers(160, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    return ImageFolderDataset(folder, LETTERBOX)
+
+
+def _expected_cells(dataset):
+    valid = torch.stack([dataset[i]["valid"] for i in range(len(dataset))]).float()
+    return (F.adaptive_avg_pool2d(valid[:, None], (8, 8))[:, 0] > 0.5).numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_thresholds_leave_letterbox_padding_out(tmp_path, letterboxed, dtype):
+    model = _padding_net()
+    settings = BuildSettings(batch_size=5, num_workers=0, dtype=dtype)
+    store = ActivationStore.build(model, "1", letterboxed, tmp_path, settings, show_progress=False)
+    cells = _expected_cells(letterboxed)
+    assert cells[0].tolist() == [[r in (3, 4)] * 8 for r in range(8)]      # rows 11-20 of 32 are real
+    assert cells[-1].all() and 0.2 < cells.mean() < 0.5
+    acts = np.asarray(store.activations, dtype=np.float32)
+    for f in range(2):
+        expected = np.quantile(acts[:, f][cells], 0.995)
+        assert store.thresholds[f] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert store.thresholds[0] < 0.5 < np.quantile(acts[:, 0], 0.995)        # padding would have set it to 1
+    saved = np.load(store.path / "valid_cells.npy")
+    assert saved.dtype == bool and np.array_equal(saved, cells)
+    assert store.manifest["files"]["valid_cells.npy"]["shape"] == [12, 8, 8]
+    assert load_valid_cells(store.path, store.valid, (8, 8)).shape == (12, 8, 8)
+    assert len(store.objects) == 0 and store.packed_masks_small.shape == (0, 8, 8)
+    with pytest.raises(BuildInterrupted):
+        ActivationStore.build(model, "1", letterboxed, tmp_path / "resumed", settings, show_progress=False,
+                              max_batches=1)
+    resumed = ActivationStore.build(model, "1", letterboxed, tmp_path / "resumed", settings, show_progress=False)
+    np.testing.assert_array_equal(resumed.thresholds, store.thresholds)
+
+
+def test_a_store_from_before_valid_cells_still_opens(tiny_store, tmp_path):
+    old = tmp_path / tiny_store.path.name
+    shutil.copytree(tiny_store.path, old)
+    (old / "valid_cells.npy").unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"]["valid_cells.npy"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    store = ActivationStore.open(old)
+    assert store.verify() and store.shape == tiny_store.shape
+    cells = load_valid_cells(old, store.valid, store.shape[2:])
+    assert cells.shape == (store.shape[0], *store.shape[2:]) and cells.all()
+    del manifest["files"]                       # a store from before manifests listed their files
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    ActivationStore.open(old)
+
+
+def test_centre_cropped_store_counts_every_cell(tiny_store):
+    assert np.load(tiny_store.path / "valid_cells.npy").all()
+
+
+def test_build_refuses_a_dataset_preprocessed_for_another_model(tmp_path, shapes):
+    lite = wrap_model(planted_net(), EFFICIENTNET_LITE, "efficientnet-lite0")
+    with pytest.raises(ValueError, match=r"size=64.*efficientnet-lite0 expects \(size=224.*preprocess=model\."):
+        ActivationStore.build(lite, "features.1", ShapesWorld(4, seed=0), tmp_path, show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+    letterboxed = ShapesWorld(4, seed=0, preprocess=dataclasses.replace(shapes.preprocess, mode="letterbox"))
+    model = wrap_model(planted_net(), shapes.preprocess, "planted")
+    store = ActivationStore.build(model, "features.1", letterboxed, tmp_path, BuildSettings(num_workers=0),
+                                  show_progress=False)
+    assert store.manifest["key"]["preprocess"]["mode"] == "letterbox"

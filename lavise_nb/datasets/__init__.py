@@ -7,6 +7,9 @@ Every dataset here yields the same sample, a dict with
 ``masks``
     (K, S, S) bool, one mask per concept present in the image, aligned with
     ``image`` (indexed row, column).
+``valid``
+    (S, S) bool, the pixels that show the image: False only on letterbox
+    padding (``Preprocess(mode="letterbox")``) and everywhere for an unreadable image.
 ``concepts``
     list of K concept names (str), ``concepts[k]`` names ``masks[k]``.
 ``index``
@@ -18,14 +21,17 @@ Every dataset here yields the same sample, a dict with
 
 Each dataset also has ``preprocess``, ``dataset_id`` (stable for the same
 inputs), ``records`` (one row per image: ``image_id``, ``path``, ``width``,
-``height`` and metadata columns), ``concepts`` (sorted names) and ``report()``
-(a DataFrame of skipped or suspicious annotations and images).
+``height`` and metadata columns), ``concepts`` (sorted names), ``report()``
+(a DataFrame of skipped or suspicious annotations and images, with their file)
+and ``raw_masks(i)`` (an image's named masks before preprocessing).
 
 All instances of one concept in one image are merged into one mask (their
 union), as in the LaViSE paper, unless ``merge_instances=False``. Masks with no
-pixels left after preprocessing are dropped and reported. Images are converted
-to RGB; images with transparency (RGBA, LA, palette with a transparent colour)
-are composited on white.
+pixels left after preprocessing are dropped and reported. Images are turned
+as their EXIF orientation says (annotations refer to the displayed image),
+animations give their first frame, and images are converted to RGB; images
+with transparency (RGBA, LA, palette with a transparent colour) are composited
+on white.
 
 =================  ==========================================================
 ``base``           :class:`ImageDataset` (the shared base), ``collate_samples``

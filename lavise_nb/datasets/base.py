@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..transform import Preprocess
 
 __all__ = ["ImageDataset", "collate_samples", "normalize_concept", "merge_masks", "box_mask", "box_is_empty",
-           "make_id", "file_hash", "require_file", "require_dir"]
+           "make_id", "file_hash", "require_file", "require_dir", "image_suffixes", "displayed_size"]
 
-_REPORT_COLUMNS = ["image_id", "concept", "problem"]
+_REPORT_COLUMNS = ["image_id", "file", "concept", "problem"]
+_TURNED = (5, 6, 7, 8)      # EXIF orientations that turn the image by 90 degrees
+_IDENTIFIED_ONLY = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}     # Pillow names these files but decodes no pixels
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -90,12 +92,30 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def image_suffixes() -> tuple[str, ...]:
+    """Lower-case file suffixes of every format this Pillow reads pixels from (``".jpg"``, ``".gif"``, ...), sorted."""
+    readers = set(Image.OPEN) | {"MPO"}      # multi-picture JPEGs open through the JPEG reader
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
+                        if fmt in readers and fmt not in _IDENTIFIED_ONLY))
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` as displayed: swapped when the EXIF orientation turns the image by 90 degrees."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF: as stored
+        orientation = 1
+    return (height, width) if orientation in _TURNED else (width, height)
+
+
 def _load_rgb(path) -> tuple[Image.Image | None, str | None]:
-    """Open ``path`` as RGB; ``(image, None)`` or ``(None, error message)``."""
+    """Open ``path`` (its first frame) as RGB, turned as its EXIF orientation says;
+    ``(image, None)`` or ``(None, error message)``."""
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_rgb(image), None
+            return _to_rgb(ImageOps.exif_transpose(image)), None
     except FileNotFoundError:
         return None, f"missing image: {path}"
     except Exception as exc:  # PIL raises many types for broken files
@@ -141,12 +161,17 @@ def collate_samples(batch: list[dict]) -> dict:
     -------
     dict
         ``images`` (B, 3, S, S) float32; ``masks`` list of B (K_b, S, S) bool
-        tensors; ``concepts`` list of B lists of names; ``index`` (B,) int64;
+        tensors; ``valid`` (B, S, S) bool, the real (not padding) pixels (a
+        sample without ``"valid"`` counts as all real, or none when it has an
+        error); ``concepts`` list of B lists of names; ``index`` (B,) int64;
         ``errors`` list of B (None or str).
     """
+    images = torch.stack([s["image"] for s in batch])
+    side = images.shape[-2:]
     return {
-        "images": torch.stack([s["image"] for s in batch]),
+        "images": images,
         "masks": [s["masks"] for s in batch],
+        "valid": torch.stack([s["valid"] if "valid" in s else torch.full(side, s["error"] is None) for s in batch]),
         "concepts": [list(s["concepts"]) for s in batch],
         "index": torch.tensor([s["index"] for s in batch], dtype=torch.long),
         "errors": [s["error"] for s in batch],
@@ -189,16 +214,20 @@ class ImageDataset(Dataset):
                 f"dataset_id={self.dataset_id!r})")
 
     def report(self) -> pd.DataFrame:
-        """Recorded problems, one row each: ``image_id``, ``concept``, ``problem``.
+        """Recorded problems, one row each: ``image_id``, ``file``, ``concept``, ``problem``.
 
-        Covers what construction found plus what ``__getitem__`` found in this
-        process (problems met inside DataLoader worker processes show up in the
-        batch's ``errors`` instead).
+        ``file`` is the image's path (None for problems of a concept or of an
+        annotation without an image). Covers what construction found plus what
+        ``__getitem__`` found in this process (problems met inside DataLoader
+        worker processes show up in the batch's ``errors`` instead).
         """
-        return pd.DataFrame(list(self._problems), columns=_REPORT_COLUMNS)
+        paths = dict(zip(self.records["image_id"], self.records["path"]))
+        rows = [(image_id, file if file is not None else paths.get(image_id) or None, concept, problem)
+                for image_id, concept, problem, file in self._problems]
+        return pd.DataFrame(rows, columns=_REPORT_COLUMNS)
 
-    def _note(self, image_id, concept, problem: str) -> None:
-        self._problems.setdefault((image_id, concept, problem), None)
+    def _note(self, image_id, concept, problem: str, file=None) -> None:
+        self._problems.setdefault((image_id, concept, problem, None if file is None else str(file)), None)
 
     def _set_records(self, rows: list[dict]) -> None:
         self.records = pd.DataFrame(rows, columns=_ordered_columns(rows))
@@ -223,11 +252,41 @@ class ImageDataset(Dataset):
         """(concept, (height, width) bool mask) per annotated instance."""
         return []
 
+    def raw_masks(self, i) -> tuple[list[str], np.ndarray]:
+        """Image ``i``'s masks before preprocessing, at the size its annotation gives.
+
+        Instances are merged as in the samples, and masks that preprocessing
+        empties (e.g. outside a centre crop) are kept.
+
+        Returns
+        -------
+        names : list of str
+            n concept names.
+        masks : numpy.ndarray
+            (n, H, W) bool, indexed (row, column); H, W are ``records``'
+            ``height`` and ``width`` (the displayed image's, when records have none).
+
+        Raises
+        ------
+        ValueError
+            The records have no size for the image and it cannot be read.
+        """
+        i = self._index(i)
+        width, height = self._sizes[i]
+        if width is None or height is None:
+            image, error = self._open(i)
+            if error is not None:
+                raise ValueError(f"image {i} has no size in the records and cannot be read ({error})")
+            width, height = image.size
+        names, masks = merge_masks(self._instances(i, width, height), self.merge_instances)
+        return names, np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
+
     def _failed(self, i: int, error: str) -> dict:
         s = self.preprocess.size
         return {
             "image": torch.zeros(3, s, s, dtype=torch.float32),
             "masks": torch.zeros(0, s, s, dtype=torch.bool),
+            "valid": torch.zeros(s, s, dtype=torch.bool),
             "concepts": [],
             "index": i,
             "error": error,
@@ -247,8 +306,8 @@ class ImageDataset(Dataset):
             self._note(image_id, None, f"image size {image.size} differs from annotation {(width, height)}; resized")
             image = image.resize((width, height), Image.BILINEAR)
         names, masks = self._masks(i, image_id, width, height)
-        return {"image": self.preprocess.image(image), "masks": masks, "concepts": names,
-                "index": i, "error": None}
+        return {"image": self.preprocess.image(image), "masks": masks,
+                "valid": self.preprocess.valid_mask(width, height), "concepts": names, "index": i, "error": None}
 
     def _masks(self, i: int, image_id, width: int, height: int) -> tuple[list[str], torch.Tensor]:
         s = self.preprocess.size

@@ -157,6 +157,11 @@ class ShapesWorld(ImageDataset):
         names, masks = merge_masks(instances, merge=True)
         return image, names, np.stack(masks)
 
+    def raw_masks(self, i) -> tuple[list[str], np.ndarray]:
+        """Image ``i``'s masks before preprocessing: the ``concepts`` and ``masks`` of :meth:`render`."""
+        _, names, masks = self.render(i)
+        return names, masks
+
     def __getitem__(self, i) -> dict:
         i = self._index(i)
         image, names, raw = self.render(i)
@@ -166,4 +171,5 @@ class ShapesWorld(ImageDataset):
             if not kept:
                 self._note(i, name, "empty mask")
         return {"image": self.preprocess.image(Image.fromarray(image, "RGB")), "masks": masks[keep],
+                "valid": self.preprocess.valid_mask(self.size, self.size),
                 "concepts": [n for n, k in zip(names, keep.tolist()) if k], "index": i, "error": None}

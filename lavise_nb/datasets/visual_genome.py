@@ -20,7 +20,8 @@ class VisualGenomeDataset(ImageDataset):
     columns ``x:x+w``). Its concept is the head word of its first synset
     (``"traffic_light.n.01" -> "traffic light"``) when ``use_synsets`` and it
     has one, else ``normalize_concept(names[0])``. Concepts present in fewer
-    than ``min_images`` images are dropped and reported.
+    than ``min_images`` images are dropped and reported; when that leaves none,
+    a ValueError gives the counts.
 
     Parameters
     ----------
@@ -38,6 +39,12 @@ class VisualGenomeDataset(ImageDataset):
         Minimum number of images a concept must appear in (the paper used 100).
     merge_instances : bool
     use_synsets : bool
+
+    Raises
+    ------
+    ValueError
+        No concept is in ``min_images`` images (a small set: lower ``min_images``),
+        or no object has a usable box.
     """
 
     def __init__(self, objects_json, image_data_json, image_dir, preprocess: Preprocess, min_images: int = 100,
@@ -73,7 +80,8 @@ class VisualGenomeDataset(ImageDataset):
             image_id = _vg_id(entry)
             info = meta.get(image_id)
             if info is None:
-                self._note(image_id, None, "no entry in image_data.json; image skipped")
+                self._note(image_id, None, "no entry in image_data.json; image skipped",
+                           file=self._image_path(image_id, note=False))
                 continue
             width, height = int(info["width"]), int(info["height"])
             boxes.append(self._image_boxes(image_id, entry.get("objects", []), width, height))
@@ -94,12 +102,13 @@ class VisualGenomeDataset(ImageDataset):
                 out.append((name, obj["x"], obj["y"], obj["w"], obj["h"]))
         return out
 
-    def _image_path(self, image_id) -> Path:
+    def _image_path(self, image_id, note: bool = True) -> Path:
         name = f"{image_id}.jpg"
         for folder in (self.image_dir, self.image_dir / "VG_100K", self.image_dir / "VG_100K_2"):
             if (folder / name).is_file():
                 return folder / name
-        self._note(image_id, None, "missing image")
+        if note:
+            self._note(image_id, None, "missing image")
         return self.image_dir / name
 
     def _filter_rare(self, boxes: list) -> list[str]:
@@ -110,6 +119,15 @@ class VisualGenomeDataset(ImageDataset):
         rare = {n for n, c in counts.items() if c < self.min_images}
         for name in sorted(rare):
             self._note(None, name, f"in {counts[name]} images < min_images={self.min_images}; dropped")
+        if not counts:
+            raise ValueError(f"no object of the {len(boxes)} Visual Genome images has a name and a box inside its "
+                             "image; check objects.json (each object needs x, y, w, h and names or synsets) and "
+                             "that image_data.json lists its images")
+        if len(rare) == len(counts):
+            top = max(sorted(counts), key=counts.get)
+            raise ValueError(f"no concept is in at least min_images={self.min_images} of these {len(boxes)} Visual "
+                             f"Genome images (the most frequent, {top!r}, is in {counts[top]}), so none would be "
+                             f"kept. Lower min_images, e.g. VisualGenomeDataset(..., min_images={counts[top]})")
         for k, image_boxes in enumerate(boxes):
             boxes[k] = [b for b in image_boxes if b[0] not in rare]
         return sorted(set(counts) - rare)

@@ -30,10 +30,11 @@ import torch
 from .._utils.cache import cache_dir
 from .._utils.progress import progress
 from ..probe import LayerProbe, TargetModel, resolve_device
+from ..transform import check_model_preprocess
 from .format import LEFTOVERS, folder_name, store_key, write_json, write_manifest
 from .integrity import check_store, damaged
 from .locks import EndWithParent, remove_leftovers, store_lock
-from .masks import StoreCollate
+from .masks import VALID_CELLS, StoreCollate, part_cells
 from .thresholds import TailHistogram, load_histogram, store_thresholds
 from .writers import RowWriter, concat_parts, file_digest, part_files, read_digests, read_parts, write_part
 
@@ -153,6 +154,7 @@ def build_store(model: TargetModel, layer: str, dataset, root: str | Path | None
     RuntimeError
         When the folder holds a complete store with another key.
     """
+    check_model_preprocess(dataset, model)
     settings = BuildSettings() if settings is None else settings
     if not isinstance(settings, BuildSettings):
         raise TypeError(f"settings must be a BuildSettings, e.g. BuildSettings(batch_size=32), "
@@ -334,7 +336,8 @@ class _StoreBuild:
             batch_max[bad] = -torch.inf
         stored = features.to(getattr(torch, self.dtype))
         if self.histogram is not None:
-            self.histogram.add(stored[~bad] if bad.any() else stored, self.quantile)
+            cells = torch.from_numpy(batch["part"]["cells"]).to(self.device)     # none for unreadable images
+            self.histogram.add(stored, self.quantile, cells)
         self.acts.write(lo, stored.cpu().numpy())
         self.maxima.write(lo, batch_max.cpu().numpy())
         write_part(self.parts / f"{batch_no:06d}.npz", batch["part"])
@@ -357,14 +360,14 @@ def resume_histogram(path: Path, done: int, channels: int, floors, device, quant
     block : int
         Rows read at a time.
     """
-    errors = read_parts(checked_parts(path), ["errors"]).get("errors", np.zeros(0, str))
-    valid = errors[:done] == ""
     histogram = TailHistogram(channels, device, floors)
     written = np.load(path / "activations.npy", mmap_mode="r")
+    cells = part_cells(checked_parts(path), written.shape[2:])[:done]
     for lo in range(0, done, block):
-        rows = lo + np.flatnonzero(valid[lo:lo + block])
+        rows = lo + np.flatnonzero(cells[lo:lo + block].any((1, 2)))
         if rows.size:
-            histogram.add(torch.from_numpy(np.ascontiguousarray(written[rows])).to(device), quantile)
+            histogram.add(torch.from_numpy(np.ascontiguousarray(written[rows])).to(device), quantile,
+                          torch.from_numpy(cells[rows]).to(device))
     return histogram
 
 
@@ -394,7 +397,9 @@ def finalize(path: Path, key: dict, model_name: str, dataset, quantile: float, s
     index.to_parquet(path / "index.parquet", index=False)
 
     acts = np.load(path / "activations.npy", mmap_mode="r")
-    np.save(path / "thresholds.npy", store_thresholds(acts, index["valid"].to_numpy(), quantile, load_histogram(path)))
+    cells = part_cells(files, acts.shape[2:])
+    np.save(path / VALID_CELLS, cells)
+    np.save(path / "thresholds.npy", store_thresholds(acts, cells, quantile, load_histogram(path)))
     shape, dtype = acts.shape, acts.dtype
     del acts
     write_manifest(path, key, dict(model_name=model_name, shape=shape, dtype=str(dtype),

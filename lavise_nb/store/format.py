@@ -12,6 +12,8 @@ A store is a directory::
     object_masks.npy       (n_objects, ceil(S*S/8)) uint8, packed bool masks at input size
     object_masks_small.npy (n_objects, h, w) float32, masks area-averaged to the map size
     histogram.npz          float16 stores: the per-filter tail histogram the thresholds come from
+    valid_cells.npy        (N, h, w) bool, the map cells that show the image (not letterbox padding),
+                           the cells thresholds are taken over (stores built before it: every cell)
 
 The manifest also lists each of these files (``files``): its size in bytes, a BLAKE2b
 checksum and, for ``.npy`` files, shape and dtype; :mod:`lavise_nb.store.integrity`
@@ -46,7 +48,7 @@ __all__ = ["FORMAT", "LEFTOVERS", "MERGED_FILES", "STORE_FILES", "folder_name", 
 
 FORMAT = 1
 STORE_FILES = ("activations.npy", "maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet",
-               "object_masks.npy", "object_masks_small.npy", "histogram.npz")
+               "object_masks.npy", "object_masks_small.npy", "histogram.npz", "valid_cells.npy")
 MERGED_FILES = ("maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet")
 LEFTOVERS = ("building.json", "parts", "manifest.json.tmp", "building.json.tmp", "histogram.tmp.npz")
 

@@ -116,7 +116,8 @@ def check_files(folder: Path, manifest: dict) -> None:
         raise damaged(folder, "manifest.json", f"has shape {manifest['shape']}, not (N, C, h, w)", merged)
     files = manifest.get("files") or {}
     arrays = expected_arrays(manifest)
-    names = list(files) or [n for n in (MERGED_FILES if merged else STORE_FILES) if n != "histogram.npz"]
+    names = list(files) or [n for n in (MERGED_FILES if merged else STORE_FILES)
+                            if n not in ("histogram.npz", "valid_cells.npy")]
     for name in names:
         file = folder / name
         if not file.is_file():

@@ -1,4 +1,6 @@
-"""Per-filter thresholds: exact quantiles of a store's activations over all spatial positions.
+"""Per-filter thresholds: exact quantiles of a store's activations over all spatial positions
+of its valid images (or, given the (N, h, w) cells that show the images, over those cells only:
+letterbox padding stays out).
 
 float16 stores get them in the build's single pass from a :class:`TailHistogram`
 (saved as ``histogram.npz``; shards' histograms add up, so merging needs no pass over
@@ -22,14 +24,14 @@ HALF_BINS = 1 << 15      # bins: the bit patterns of non-negative float16 values
 
 def quantile_by_channel(activations, valid: np.ndarray, quantile: float, block_bytes: int = 64 << 20,
                         channels=None) -> np.ndarray:
-    """Exact per-channel quantile of activations over the valid images (a second pass).
+    """Exact per-channel quantile of activations over the valid images or cells (a second pass).
 
     Parameters
     ----------
     activations : array-like
         (N, C, h, w), read a block of channels at a time (``block_bytes`` as float32).
     valid : numpy.ndarray
-        (N,) bool.
+        (N,) bool images, or (N, h, w) bool cells.
     quantile : float
     channels : array-like of int, optional
         Only these channels (default: all).
@@ -41,16 +43,19 @@ def quantile_by_channel(activations, valid: np.ndarray, quantile: float, block_b
     """
     n, c, h, w = activations.shape
     channels = np.arange(c) if channels is None else np.asarray(channels, dtype=np.int64)
-    rows = np.flatnonzero(valid)
+    valid = np.asarray(valid, dtype=bool)
+    cells = valid if valid.ndim == 3 else np.broadcast_to(valid[:, None, None], (n, h, w))
+    rows = np.flatnonzero(cells.reshape(n, -1).any(1))
     out = np.zeros(len(channels), dtype=np.float32)
     if rows.size == 0 or len(channels) == 0:
         return out
+    taken = np.asarray(cells[rows]).reshape(-1) if valid.ndim == 3 else slice(None)
     step = max(1, block_bytes // max(1, rows.size * h * w * 4))
     for start in range(0, len(channels), step):
         wanted = channels[start:start + step]
         lo, hi = int(wanted.min()), int(wanted.max()) + 1
         block = np.asarray(activations[rows, lo:hi], dtype=np.float32)[:, wanted - lo]
-        block = block.transpose(1, 0, 2, 3).reshape(block.shape[1], -1)
+        block = block.transpose(1, 0, 2, 3).reshape(block.shape[1], -1)[:, taken]
         out[start:start + step] = np.quantile(block, quantile, axis=1)
     return out
 
@@ -103,11 +108,15 @@ class TailHistogram:
         k = max(1, int(floor_q * keys.shape[1]))
         self.floors = keys.kthvalue(k, dim=1).values.clamp_min(0).to(torch.int32)
 
-    def add(self, half: torch.Tensor, quantile: float) -> None:
-        """Add a (B, C, h, w) float16 block (valid images only)."""
+    def add(self, half: torch.Tensor, quantile: float, cells: torch.Tensor | None = None) -> None:
+        """Add a (B, C, h, w) float16 block: all of it (valid images only), or its (B, h, w) bool ``cells``."""
         if half.shape[0] == 0:
             return
         keys = self.keys(half)
+        if cells is not None and not bool(cells.all()):
+            keys = keys[:, cells.to(keys.device).reshape(-1)]
+        if keys.shape[1] == 0:
+            return
         if self.floors is None:
             self.set_floors(keys, quantile)
         take = keys >= self.floors[:, None]
@@ -221,7 +230,7 @@ def store_thresholds(activations, valid: np.ndarray, quantile: float, histogram:
     activations : array-like
         (N, C, h, w), read only without a histogram or for channels it cannot settle.
     valid : numpy.ndarray
-        (N,) bool.
+        (N,) bool images, or (N, h, w) bool cells (:func:`~lavise_nb.store.masks.load_valid_cells`).
     quantile : float
     histogram : dict or None
         From :func:`load_histogram` or :func:`merge_histograms`.
