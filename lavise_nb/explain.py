@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ._utils.progress import progress
 from .calibration import vocabulary_name
 from .config import METHODS, ExplainSettings
-from .mapper import pool_features
+from .mapper import masked_mean, pool_features
 from .probe import LayerProbe, resolve_device
 from .regions import filter_maps
 from .words import MissingWordsError, Vocabulary
@@ -156,22 +156,25 @@ class FilterExplainer:
         out = torch.zeros(len(pairs), self.store.shape[1])
         thresholds = torch.from_numpy(self.store.thresholds)
         method, step = self.settings.method, self.settings.batch_pairs
+        cells = self.store.valid_cells
         for start in progress(range(0, len(pairs), step), enabled=self.show_progress, desc=f"features ({method})"):
             part = pairs.iloc[start:start + step]
             filters = torch.tensor(part["filter"].to_numpy(), dtype=torch.long)
             if method == "image_masking":
                 out[start:start + len(part)] = self._image_masking(part, filters, thresholds)
                 continue
-            maps = self.store.features(part["image"].to_numpy()).to(self.device)
-            out[start:start + len(part)] = self._from_maps(maps, filters.to(self.device),
-                                                           thresholds.to(self.device)).cpu()
+            images = part["image"].to_numpy()
+            maps = self.store.features(images).to(self.device)
+            out[start:start + len(part)] = self._from_maps(maps, filters.to(self.device), thresholds.to(self.device),
+                                                           cells[images]).cpu()
         return out
 
-    def _from_maps(self, maps: torch.Tensor, filters: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-        """maps (P, C, h, w), filters (P,) -> pooled (P, C)."""
+    def _from_maps(self, maps: torch.Tensor, filters: torch.Tensor, thresholds: torch.Tensor,
+                   cells) -> torch.Tensor:
+        """maps (P, C, h, w), filters (P,), cells (P, h, w) bool (real pixels) -> pooled (P, C)."""
         flat = maps.flatten(2)
         own = flat[torch.arange(len(filters)), filters]
-        mean = flat.mean(2)
+        mean = masked_mean(flat.cpu(), cells).to(flat.device)
         method, attention = self.settings.method, self.settings.attention
         if method == "original":
             return mean

@@ -13,6 +13,7 @@ from ._utils.progress import progress
 from .config import CropSettings
 from .probe import resolve_device
 from .regions import crop_around
+from .transform import check_model_preprocess
 
 __all__ = ["imagenet_classes", "classify", "model_labels", "region_labels"]
 
@@ -79,6 +80,7 @@ def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, 
     """
     from .datasets import collate_samples
 
+    check_model_preprocess(dataset, model)
     names = imagenet_classes() if class_names is None else list(class_names)
     model.to(resolve_device(device))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
@@ -125,6 +127,7 @@ def region_labels(model, store, dataset, *, top: int = 3, min_probability: float
     """
     from .mapper import mask_table
 
+    check_model_preprocess(dataset, model)
     names = imagenet_classes() if class_names is None else list(class_names)
     crop = CropSettings() if crop is None else crop
     model.to(resolve_device(device))

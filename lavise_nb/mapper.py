@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .calibration import Calibration
 
 __all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "TrainingConfig", "pool_features", "mask_table",
-           "pooled_masks", "ranking_loss", "plain"]
+           "pooled_masks", "image_means", "masked_mean", "ranking_loss", "plain"]
 
 
 class ExplainerHead(nn.Module):
@@ -354,7 +354,7 @@ class ExplainerTrainer:
             out[torch.from_numpy(by_object)] = pooled[torch.tensor(mask_of[objects].to_numpy(), dtype=torch.long)]
         if (~by_object).any():
             images = weak["image"].to_numpy()[~by_object]
-            out[torch.from_numpy(~by_object)] = self.store.features(images).mean(dim=(2, 3))
+            out[torch.from_numpy(~by_object)] = image_means(self.store, images)
         return out
 
     def _split(self) -> tuple[list, list]:
@@ -491,6 +491,21 @@ class ExplainerTrainer:
                                  self.concepts)
         return dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, seen_top1=top1, seen_top5=top5,
                     unseen_top1=zs1, unseen_top5=zs5, lr=optimiser.param_groups[0]["lr"])
+
+
+def masked_mean(flat: torch.Tensor, cells) -> torch.Tensor:
+    """Mean of (n, C, s) maps over the cells marked True in ``cells`` (n, h, w) with h * w = s; (n, C)."""
+    cells = np.asarray(cells, dtype=bool).reshape(len(flat), -1)
+    if cells.all():
+        return flat.mean(2)
+    weights = torch.from_numpy(cells.astype(np.float32))[:, None]
+    return (flat * weights).sum(2) / weights.sum(2).clamp_min(1)
+
+
+def image_means(store, images) -> torch.Tensor:
+    """Each image's feature map averaged over the cells that show it (letterbox padding left out); (n, C)."""
+    maps = store.features(images)
+    return masked_mean(maps.flatten(2), store.valid_cells[np.asarray(images)])
 
 
 def pooled_masks(store, masks: pd.DataFrame, pooling: str = "mass", batch_images: int = 256,

@@ -81,7 +81,8 @@ def _write_merge(stores: list[ActivationStore], out: Path, contents: dict) -> No
     states = [load_histogram(s.path) for s in stores]
     histogram = merge_histograms(states) if all(st is not None for st in states) else None
     acts = ConcatRows([s.activations for s in stores])
-    np.save(out / "thresholds.npy", store_thresholds(acts, index["valid"].to_numpy(), first["quantile"], histogram))
+    cells = np.concatenate([s.valid_cells for s in stores])
+    np.save(out / "thresholds.npy", store_thresholds(acts, cells, first["quantile"], histogram))
 
     supercategories = {}
     for s in stores:

@@ -17,7 +17,7 @@ from ..probe import TargetModel
 from .build import BuildSettings, build_store
 from .integrity import check_store, damaged, verify_files
 from .locks import remove_leftovers
-from .masks import unpack_masks
+from .masks import load_valid_cells, unpack_masks
 
 __all__ = ["ActivationStore", "ConcatRows"]
 
@@ -295,6 +295,15 @@ class ActivationStore:
         """Full-size masks of some objects, (n, S, S) bool."""
         rows = np.asarray(objects, dtype=np.int64)
         return unpack_masks(np.asarray(self.packed_masks[rows]), self.image_size)
+
+    @property
+    def valid_cells(self) -> np.ndarray:
+        """(N, h, w) bool map cells that show each image (False on letterbox padding and unreadable images)."""
+        if not self.shard_paths:
+            return load_valid_cells(self.path, self.valid, self.shape[2:])
+        ends = np.cumsum([0] + [b - a for a, b in self.manifest["shard_ranges"]])
+        return np.concatenate([load_valid_cells(q, self.valid[a:b], self.shape[2:])
+                               for q, a, b in zip(self.shard_paths, ends[:-1], ends[1:])])
 
     def object_masks_small(self, objects=None) -> torch.Tensor:
         """Masks area-averaged to the map size, (n, h, w) float32 in [0, 1]."""
