@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from torch import nn
 from ._utils.progress import progress
 from .config import TrainingConfig
 from .probe import resolve_device
+from .words.space import content_id
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -164,7 +166,7 @@ class Mapper:
                     f"this explainer was trained on {self.model_fingerprint} layer {self.layer!r}, but the store is "
                     f"{key['model']} layer {key['layer']!r}; train one for this store or open the right store"
                 )
-        if space is not None and getattr(space, "space_id", None) != self.space_id:
+        if space is not None and content_id(getattr(space, "space_id", "")) != content_id(self.space_id):
             raise ValueError(
                 f"this explainer maps into word space {self.space_id!r}, not {space.space_id!r}; "
                 "load the same word space it was trained with"
@@ -193,7 +195,16 @@ class Mapper:
         """Load a checkpoint (``weights_only=True``); with ``store``/``space`` check it fits them."""
         from .calibration import Calibration
 
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{path} is not a readable mapper checkpoint ({error}); pass the mapper.pt that "
+                             "Mapper.save (notebook 01) wrote") from error
+        needed = {"state_dict", "channels", "dim", "concepts", "seen", "unseen", "space_id", "layer", "model", "config"}
+        if not isinstance(payload, dict) or not needed <= set(payload):
+            found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+            raise ValueError(f"{path} is not a mapper checkpoint (it holds {found}); pass the mapper.pt that "
+                             "Mapper.save (notebook 01) wrote")
         config = TrainingConfig.from_dict(payload["config"])
         head = ExplainerHead(payload["channels"], payload["dim"], config.dropout)
         head.load_state_dict(payload["state_dict"])

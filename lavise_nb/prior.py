@@ -24,6 +24,7 @@ from .config import CropSettings
 from .labels import classify, imagenet_classes
 from .probe import resolve_device
 from .regions import crop_around, filter_regions
+from .store.locks import store_lock
 
 __all__ = ["ClassPrior"]
 
@@ -144,10 +145,13 @@ class ClassPrior:
         keys = wanted.assign(filter=WHOLE_IMAGE) if self.source == "image" else wanted  # one crop per image
         path = self._cache_file(store)
         cached = pd.read_parquet(path) if path.is_file() else _empty()
-        done = pd.MultiIndex.from_frame(cached[["filter", "image"]].drop_duplicates())
-        todo = keys[~pd.MultiIndex.from_frame(keys).isin(done)].drop_duplicates()
+        todo = self._missing(keys, cached)
         if len(todo):
-            cached = self._compute(store, todo, cached, path)
+            with store_lock(path.with_suffix("")):  # another notebook computing the same prior: wait, then reuse
+                cached = pd.read_parquet(path) if path.is_file() else _empty()
+                todo = self._missing(keys, cached)
+                if len(todo):
+                    cached = self._compute(store, todo, cached, path)
         table = cached[cached["rank"] <= self.top].set_index(["filter", "image", "rank"])
         index = pd.MultiIndex.from_arrays([np.repeat(keys["filter"].to_numpy(), self.top),
                                            np.repeat(keys["image"].to_numpy(), self.top),
@@ -158,12 +162,19 @@ class ClassPrior:
         out["label"] = np.asarray(self.class_names, dtype=object)[out["class"].to_numpy()]
         return out[["filter", "image", "rank", "class", "label", "probability"]]
 
+    @staticmethod
+    def _missing(keys: pd.DataFrame, cached: pd.DataFrame) -> pd.DataFrame:
+        done = pd.MultiIndex.from_frame(cached[["filter", "image"]].drop_duplicates())
+        return keys[~pd.MultiIndex.from_frame(keys).isin(done)].drop_duplicates()
+
     def _cache_file(self, store) -> Path:
         key = dict(self.settings, store=str(Path(store.path).resolve()), layer=store.layer)
         for unused in ("top", "weight"):
             key.pop(unused)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         folder = Path(store.path) / "priors"
+        if (folder / f"{digest}.parquet").is_file():
+            return folder / f"{digest}.parquet"  # read it even where it cannot be written (a read-only store)
         try:
             folder.mkdir(exist_ok=True)
             if not os.access(folder, os.W_OK):

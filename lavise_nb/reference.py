@@ -20,6 +20,7 @@ from .labels import imagenet_classes
 from .probe import load_model
 from .scenes import stamp_scenes
 from .store import ActivationStore, BuildSettings
+from .transform import MODES
 from .words import Vocabulary, load_word_space
 
 __all__ = ["ReferenceSpec", "Reference", "VOCABULARIES", "REFERENCES", "class_names", "load_target",
@@ -54,6 +55,10 @@ class ReferenceSpec:
         ``annotations`` (objects.json), ``image_data`` (image_data.json) and ``images``.
     annotations, image_data, images : str, optional
         Paths for ``"coco"`` and ``"visual_genome"``.
+    crop : {"center_crop", "resize", "letterbox"}
+        How non-square photos become the model's square input (see
+        :class:`~lavise_nb.transform.Preprocess`): ``"letterbox"`` keeps every pixel and
+        leaves its padding out of masks, thresholds and pooling.
     n_images, seed : int
         StampScenes images and seed (the seed also drives the notebooks' splits and training).
     word_space : str
@@ -81,6 +86,7 @@ class ReferenceSpec:
     annotations: str | None = None
     image_data: str | None = None
     images: str | None = None
+    crop: str = "center_crop"
     n_images: int = 2000
     seed: int = 0
     word_space: str = "glove-6b-50d+minilm"
@@ -94,6 +100,7 @@ class ReferenceSpec:
         check_int("n_images", self.n_images)
         check_int("batch_size", self.batch_size)
         check_choice("reference", self.reference, REFERENCES)
+        check_choice("crop", self.crop, MODES)
         needed = {"coco": ("annotations", "images"), "visual_genome": ("annotations", "image_data", "images")}
         missing = [name for name in needed.get(self.reference, ()) if getattr(self, name) is None]
         if missing:
@@ -137,7 +144,7 @@ class Reference:
         """Load the model, build or reuse the reference set and its store, load the word space."""
         spec = ReferenceSpec() if spec is None else spec
         model = load_target(spec)
-        dataset = reference_dataset(spec, model.preprocess, show_progress)
+        dataset = reference_dataset(spec, dataclasses.replace(model.preprocess, mode=spec.crop), show_progress)
         store = ActivationStore.build(model, spec.layer, dataset, spec.store_root, spec.build_settings,
                                       device=spec.device, show_progress=show_progress)
         names = class_names(spec.class_names)

@@ -27,6 +27,7 @@ from PIL import Image
 from ._utils.cache import cache_dir
 from ._utils.debian import fetch_deb
 from ._utils.progress import progress
+from .store.locks import store_lock
 from .config import check_float, check_int
 
 __all__ = ["SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "split_scene_options",
@@ -518,14 +519,19 @@ def build_stamp_scenes(out_dir=None, settings: SceneSettings | None = None, *, i
     stamps_dir, templates_dir = _source_dirs(stamps_dir, templates_dir)
     _check_sources(stamps, backgrounds, stamps_dir, templates_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".build-{out_dir.name}-"))
-    try:
-        written = _write_scenes(tmp, settings, cfg, _Sources(stamps_dir, templates_dir, settings.size), categories,
-                                image_fields, show_progress)
-        (tmp / "summary.json").write_text(json.dumps(_summary(key, cfg, written, settings.n_images), indent=1))
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with store_lock(out_dir):  # one builder per folder; a second one waits, then finds the build done
+        if _complete_build(out_dir, key):
+            return out_dir
+        for stale in [*out_dir.parent.glob(f".build-{out_dir.name}-*"), *out_dir.parent.glob(f".old-{out_dir.name}-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # a killed builder's leftovers: the lock says none is alive
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".build-{out_dir.name}-"))
+        try:
+            written = _write_scenes(tmp, settings, cfg, _Sources(stamps_dir, templates_dir, settings.size),
+                                    categories, image_fields, show_progress)
+            (tmp / "summary.json").write_text(json.dumps(_summary(key, cfg, written, settings.n_images), indent=1))
+            _replace_dir(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

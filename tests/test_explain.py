@@ -138,3 +138,14 @@ def test_support_is_the_share_of_the_filters_evidence(tiny_store, mapper, space)
                                                                                     top_words=50)).explain()
     assert np.allclose(top_s.groupby("filter")["support"].sum(), 3.0, atol=1e-4)  # s votes per image
     assert top_s["support"].between(0, 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(p=-3), "p must be >= 1, not -3"), (dict(p=0), "p must be >= 1"), (dict(s=0), "s must be >= 1"),
+    (dict(top_words=-1), "top_words must be >= 1"), (dict(top_words=0), "top_words must be >= 1"),
+    (dict(p=2.5), "p must be an integer"), (dict(method="gradcam"), "method must be one of"),
+    (dict(hubness="mutual"), "hubness must be one of"), (dict(temperature=-1), "temperature must be > 0"),
+])
+def test_bad_settings_name_the_parameter_and_its_range(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ExplainSettings(**changes)

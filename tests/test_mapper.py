@@ -61,6 +61,8 @@ def test_save_and_load_check_model_and_space(tmp_path, mapper, tiny_store):
     other = shapes_space(name="other", seed=5)
     with pytest.raises(ValueError, match="word space"):
         Mapper.load(path, tiny_store, other)
+    renamed = shapes_space(name="the same vectors, renamed")
+    assert Mapper.load(path, tiny_store, renamed).seen == mapper.seen  # content decides, not the name
     loaded.layer = "features.4"
     with pytest.raises(ValueError, match="layer"):
         loaded.check(tiny_store)
@@ -160,3 +162,12 @@ def test_region_weak_labels_train_on_the_regions_pooled_features(tiny_store):
     assert torch.allclose(features[3], tiny_store.features([5]).mean(dim=(2, 3))[0])
     with pytest.raises(ValueError, match="region_labels"):
         trainer.weak_features(pd.DataFrame({"image": [0], "object": [10 ** 6]}), pooled)
+
+
+def test_loading_something_that_is_not_a_mapper_says_so(tmp_path):
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="is not a mapper checkpoint"):
+        Mapper.load(tmp_path / "weights.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable mapper checkpoint"):
+        Mapper.load(tmp_path / "broken.pt")

@@ -9,8 +9,8 @@ import torch
 papermill = pytest.importorskip("papermill")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-COMMON = ["model", "weights", "num_classes", "layer", "reference", "annotations", "image_data", "images", "n_images",
-          "seed", "word_space", "class_names", "vocabulary", "output_dir", "interactive", "show_progress", "store_root",
+COMMON = ["model", "weights", "num_classes", "layer", "reference", "annotations", "image_data", "images", "crop",
+          "n_images", "seed", "word_space", "class_names", "vocabulary", "output_dir", "interactive", "show_progress", "store_root",
           "device"]
 DOCUMENTED = {
     "03_bias_analysis.ipynb": COMMON + ["target_root", "target_csv", "group_column", "n_per_group", "alpha"],

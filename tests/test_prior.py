@@ -153,3 +153,23 @@ def test_whole_image_source_classifies_each_image_once(tiny_store, mapper, space
     assert (table[["filter", "image"]].to_numpy()[::prior.top] == pairs[["filter", "image"]].to_numpy()).all()
     by_image = table.groupby(["image", "rank"])["class"].nunique()
     assert (by_image == 1).all()  # every filter of an image gets that image's prediction
+
+
+def test_a_finished_prior_cache_is_read_without_writing(tiny_store, mapper, space, shapes, classifier, tmp_path,
+                                                          monkeypatch):
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)).pairs()
+    store = copy.copy(tiny_store)
+    store.path = tmp_path / "store"
+    store.path.mkdir()
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False)
+    first = prior.predictions(store, pairs)
+    import lavise_nb.prior as prior_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(prior_module, "_write", refuse)
+    monkeypatch.setattr(prior_module.os, "access", lambda *args: False)
+    before = classifier.module.calls
+    again = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False).predictions(store, pairs)
+    assert classifier.module.calls == before and again.equals(first)

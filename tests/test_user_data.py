@@ -95,7 +95,7 @@ def test_notebooks_run_on_a_fine_tuned_torchvision_model_and_coco_photos(tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     common = dict(model="resnet18", weights=str(checkpoint), layer="layer3", reference="coco",
-                  annotations=str(annotations), images=str(images), word_space=str(vectors), class_names=None,
+                  annotations=str(annotations), images=str(images), crop="letterbox", word_space=str(vectors), class_names=None,
                   vocabulary="concepts", seed=0, output_dir=str(out), store_root=str(tmp_path / "stores"),
                   interactive=False, show_progress=False)
     _run("01_train_explainer.ipynb", out, dict(common, max_epochs=5, p=5))
@@ -105,6 +105,8 @@ def test_notebooks_run_on_a_fine_tuned_torchvision_model_and_coco_photos(tmp_pat
                                                group_column="group", min_group_size=5, run_null=False))
     settings = json.loads((out / "train" / "settings.json").read_text())
     assert settings["reference"] == "coco" and not settings["class_prior"]
+    store = json.loads(next((tmp_path / "stores").glob("*/manifest.json")).read_text())
+    assert store["key"]["preprocess"]["mode"] == "letterbox"
     checkpoint_table = torch.load(out / "train" / "mapper.pt", weights_only=True)
     assert set(checkpoint_table["concepts"]) == set(CATEGORIES) and checkpoint_table["layer"] == "layer3"
     assert checkpoint_table["calibration"]["prior"] is None

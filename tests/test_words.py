@@ -513,3 +513,20 @@ def test_names_a_space_lacks_are_reported_once_in_words(tiny):
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "2 of 3 names have no vector in word space 'tiny'" in messages[0]
     assert "'zebra'" in messages[0] and "load_word_space" in messages[0]
+
+
+def test_a_read_only_cache_serves_what_it_holds(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lavise_nb._utils.cache import cache_dir
+
+    monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path))
+    made = cache_dir("words")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert cache_dir("words") == made
+    with pytest.raises(PermissionError):
+        cache_dir("not-there")

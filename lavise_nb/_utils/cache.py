@@ -14,5 +14,9 @@ def cache_dir(*parts: str) -> Path:
     """
     root = Path(os.environ.get("LAVISE_NB_CACHE", Path.home() / ".cache" / "lavise_nb"))
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if not path.is_dir():  # a read-only cache still serves what it holds
+            raise
     return path

@@ -12,7 +12,7 @@ from gensim.models import KeyedVectors
 
 from .text import SEPARATORS, fold
 
-__all__ = ["Embedding", "MissingWordsError", "WordSpace", "combine_spaces", "make_kv", "unit_rows"]
+__all__ = ["Embedding", "MissingWordsError", "WordSpace", "combine_spaces", "content_id", "make_kv", "unit_rows"]
 
 
 class MissingWordsError(KeyError, ValueError):
@@ -70,6 +70,11 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0).astype(np.float32)
+
+
+def content_id(space_id: str) -> str:
+    """The dimension and hash of a ``"<name>-<dim>d-<hash>"`` space id, without the name."""
+    return "-".join(space_id.rsplit("-", 2)[-2:])
 
 
 class WordSpace:
@@ -130,6 +135,11 @@ class WordSpace:
             h.update(np.ascontiguousarray(self.kv.vectors[rows], dtype=np.float32).tobytes())
             self._space_id = f"{self.name}-{self.dim}d-{h.hexdigest()[:12]}"
         return self._space_id
+
+    @property
+    def content_id(self) -> str:
+        """:attr:`space_id` without the name (``"50d-<hash>"``): the same vectors under another name match."""
+        return content_id(self.space_id)
 
     def index(self, word: str) -> int:
         """Row of ``word`` in :attr:`words` and :attr:`normed`."""
