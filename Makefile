@@ -1,11 +1,11 @@
-# lavise-nb: `make demo` and `make test` set everything up on a fresh machine.
+# lavise-nb: `make demo`, `make test` and `make lab` set everything up on a fresh machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= outputs
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo run test quality bench clean-outputs
+.PHONY: setup demo run test lab quality bench clean-outputs
 
 setup: $(STAMP)
 
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch>=2.1" "torchvision>=0.16" -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(REGISTER_KERNEL)
 	touch $(STAMP)
+
+# The venv's kernel for any JupyterLab (user-level kernelspec, also for a JupyterLab installed elsewhere).
+REGISTER_KERNEL = $(PY) -m ipykernel install --user --name lavise-nb --display-name "Python (lavise-nb)" >/dev/null
 
 # glibc keeps large buffers for reuse (about 2x faster CPU forward passes, more peak memory): lavise_nb/_utils/allocator.py
 FAST_MALLOC := LAVISE_NB_MALLOC=fast
@@ -29,6 +33,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(FAST_MALLOC) $(PY) -m pytest -q tests
+
+# JupyterLab on notebooks/ at http://127.0.0.1:$(LAB_PORT) (the URL with its token is printed), kernel lavise-nb.
+# Registering the kernel again points it at this checkout's venv. More options: make lab LAB_ARGS="--token T".
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	$(REGISTER_KERNEL)
+	$(PY) scripts/lab.py --port $(LAB_PORT) $(LAB_ARGS)
 
 quality: $(STAMP)
 	$(FAST_MALLOC) $(PY) scripts/quality.py --output-dir $(OUT)/quality

@@ -1,4 +1,6 @@
-"""Shared fixtures: ShapesWorld and a tiny CNN whose filter 0 is planted to fire on red."""
+"""Shared fixtures: ShapesWorld and a tiny CNN whose filter 0 is planted to fire on red; notebook 01 run once."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,24 @@ def mapper(tiny_store, space):
     """An explainer head trained on the tiny store (seen: SEEN_SHAPES)."""
     from lavise_nb.mapper import ExplainerTrainer
     return ExplainerTrainer(tiny_store, space, TrainingConfig(seen=SEEN_SHAPES, margin=0.1, dropout=0.1, max_epochs=40), show_progress=False).fit()
+
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+SMALL_NOTEBOOK = dict(n_images=200, seed=0, interactive=False, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_notebook(tmp_path_factory):
+    """Notebook 01 run once with papermill, small parameters: (output_dir, executed notebook).
+
+    Its ``output_dir/train/`` holds the explainer head that notebook 02 reads; store and caches are the
+    defaults (``store_root=None``, ``$LAVISE_NB_CACHE``), as for the other notebook tests.
+    """
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path_factory.mktemp("demo")
+    executed = out / "notebooks" / "01_train_explainer.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / executed.name), str(executed), kernel_name="python3",
+                               cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+                               parameters=dict(output_dir=str(out), max_epochs=2, p=5, **SMALL_NOTEBOOK))
+    return out, executed

@@ -43,9 +43,8 @@ def test_parameters_are_documented_literals(name):
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    first = _run("01_train_explainer.ipynb", out, output_dir=str(out), max_epochs=2, p=5, **SMALL)
+def ran(trained_notebook):
+    out, first = trained_notebook  # 01 with output_dir=out, max_epochs=2, p=5, **SMALL (tests/conftest.py)
     second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
                   query="car", **SMALL)
     return out, first, second
