@@ -37,11 +37,11 @@ __all__ = ["GroupComparison", "BiasWarning", "wilson_interval", "pooled_features
 
 COMPARE_COLUMNS = ["layer", "filter", "group", "n_images", "n_qualify", "share", "ci_low", "ci_high",
                    "threshold", "difference", "ratio", "over_in", "test", "p_value", "q_value", "significant",
-                   "rank", "top_word", "top_words", "reason"]
+                   "rank", "top_word", "word_score", "top_words", "reason"]
 CONCEPT_COLUMNS = ["word", "over_in", "n_filters", "filters", "min_q", "mean_difference", "max_difference",
                    "summary"]
 CLASSIFIER_COLUMNS = ["layer", "filter", "group", "coefficient", "mean_difference", "contribution", "favours",
-                      "rank", "top_word", "top_words"]
+                      "rank", "top_word", "word_score", "top_words"]
 
 
 class BiasWarning(UserWarning):
@@ -70,20 +70,33 @@ def pooled_features(store, block: int = 256) -> np.ndarray:
     return out
 
 
-def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[dict, dict]:
+def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[dict, dict, dict]:
+    """Per filter: its best-supported word, its first ``n_words`` words joined, and that word's score.
+
+    The best-supported word is the one with the highest ``faithfulness`` where the table
+    has that column (:func:`~lavise_nb.faithfulness.attach_faithfulness`), else the
+    first-ranked word; its score is that faithfulness, else its ``support`` (NaN
+    without either).
+    """
     if explanations is None or len(explanations) == 0:
-        return {}, {}
+        return {}, {}, {}
     needed = {"filter", "word", "rank"}
     if not needed <= set(explanations.columns):
         raise ValueError(f"explanations must be FilterExplainer.explain()'s table with columns {sorted(needed)}; "
                          f"got {list(explanations.columns)}")
     table = explanations[explanations["word"].notna()].sort_values(["filter", "rank"])
-    top, joined = {}, {}
+    top, joined, score = {}, {}, {}
     for f, part in table.groupby("filter"):
         words = part["word"].astype(str).tolist()
-        top[int(f)] = words[0]
+        best = part.iloc[0]
+        if "faithfulness" in part and part["faithfulness"].notna().any():
+            best = part.loc[part["faithfulness"].idxmax()]
+            score[int(f)] = float(best["faithfulness"])
+        else:
+            score[int(f)] = float(best["support"]) if "support" in part else np.nan
+        top[int(f)] = str(best["word"])
         joined[int(f)] = ", ".join(words[:n_words])
-    return top, joined
+    return top, joined, score
 
 
 # ----------------------------------------------------------------------------- the method
@@ -160,7 +173,7 @@ class GroupComparison:
         if self.filters.size == 0 or self.filters.min() < 0 or self.filters.max() >= n_filters:
             raise ValueError(f"filters must be indices in [0, {n_filters}); got {filters!r}")
         self.explanations = explanations
-        self.first_word, self.filter_words = _words_by_filter(explanations, self.settings.n_words)
+        self.first_word, self.filter_words, self.word_score = _words_by_filter(explanations, self.settings.n_words)
         self.group_column = group_column if isinstance(group_column, str) else "group"
         self._resolve_groups(group_column, groups)
         self.result: pd.DataFrame | None = None
@@ -295,7 +308,9 @@ class GroupComparison:
               independence on the 2 x G table otherwise), ``p_value``,
               ``q_value`` (corrected across the tested filters), ``significant``
               (q < alpha), ``rank`` (1 = smallest q, then largest |difference|)
-            - ``top_word, top_words``: the filter's explanation (empty without one)
+            - ``top_word``: the filter's best-supported word (highest faithfulness where the
+              explanations carry it, else the first word), ``word_score``: that faithfulness,
+              else the word's support; ``top_words``: the first words (empty without explanations)
             - ``reason``: why a statistic is NaN (e.g. no image qualifies in any
               group, so the filter is not tested), else empty
         """
@@ -367,6 +382,7 @@ class GroupComparison:
             "significant": np.repeat(np.nan_to_num(q, nan=1.0) < alpha, n_g),
             "rank": np.repeat(rank, n_g),
             "top_word": [self.first_word.get(int(f), "") for f in np.repeat(filters, n_g)],
+            "word_score": [self.word_score.get(int(f), np.nan) for f in np.repeat(filters, n_g)],
             "top_words": [self.filter_words.get(int(f), "") for f in np.repeat(filters, n_g)],
             "reason": np.repeat(reason, n_g),
         })
@@ -384,7 +400,7 @@ class GroupComparison:
         wide = wide[self.groups].add_prefix("share_")
         per_filter = table.drop_duplicates("filter").set_index("filter")[
             ["difference", "ratio", "over_in", "p_value", "q_value", "significant", "rank", "top_word",
-             "top_words", "reason"]]
+             "word_score", "top_words", "reason"]]
         return per_filter.join(wide).sort_values("rank").reset_index()
 
     def concepts(self, significant_only: bool = True, max_filters: int | None = None) -> pd.DataFrame:
@@ -501,6 +517,7 @@ class GroupComparison:
         table = table.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
         table["rank"] = table.groupby("group").cumcount() + 1
         table["top_word"] = [self.first_word.get(int(f), "") for f in table["filter"]]
+        table["word_score"] = [self.word_score.get(int(f), np.nan) for f in table["filter"]]
         table["top_words"] = [self.filter_words.get(int(f), "") for f in table["filter"]]
         if top is not None:
             table = table[table["rank"] <= top].reset_index(drop=True)

@@ -407,3 +407,17 @@ def test_wilson_intervals_always_hold_the_share():
     share = k / n
     assert (low <= share).all() and (share <= high).all() and (low >= 0).all() and (high <= 1).all()
     assert high[0] > 0 and low[2] < 1  # an empty or full group still has an interval
+
+
+def test_filters_are_named_by_their_best_supported_word_with_its_score(tiny_store):
+    from lavise_nb.bias import GroupComparison
+
+    explanations = pd.DataFrame({"filter": [0, 0, 1], "rank": [1, 2, 1], "word": ["circle", "red", "dots"],
+                                 "support": [0.5, 0.3, 0.2], "faithfulness": [0.6, 0.95, np.nan]})
+    groups = np.where(np.arange(tiny_store.shape[0]) % 2, "A", "B")
+    comparison = GroupComparison(tiny_store, groups, explanations=explanations)
+    table = comparison.filters_table().set_index("filter")
+    assert table.loc[0, "top_word"] == "red" and table.loc[0, "word_score"] == 0.95  # the faithful one
+    assert table.loc[1, "top_word"] == "dots" and table.loc[1, "word_score"] == 0.2  # no score: its support
+    assert table.loc[0, "top_words"] == "circle, red"
+    assert np.isnan(table.loc[2, "word_score"]) and table.loc[2, "top_word"] == ""
