@@ -162,6 +162,37 @@ class ClassPrior:
         out["label"] = np.asarray(self.class_names, dtype=object)[out["class"].to_numpy()]
         return out[["filter", "image", "rank", "class", "label", "probability"]]
 
+    def region_words(self, store, pairs: pd.DataFrame, top_words: int = 5) -> pd.DataFrame:
+        """What the network itself sees in each filter's regions: its classes, voted over the filter's images.
+
+        Kept apart from the filter's own words: a class the model predicts for the crop around
+        a filter's region says what the region shows the classifier, not what the filter detects.
+
+        Parameters
+        ----------
+        store : ActivationStore
+        pairs : pandas.DataFrame
+            :meth:`FilterExplainer.pairs` rows (``filter, image, activation``).
+        top_words : int
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``filter, rank, word, votes, support``: votes sum each image's max activation times the
+            class probability; support divides by the filter's summed activation.
+        """
+        table = self.predictions(store, pairs)
+        weight = np.repeat(pairs["activation"].to_numpy(dtype=np.float64), self.top)
+        table = table.assign(votes=weight * table["probability"].to_numpy(dtype=np.float64))
+        votes = table.groupby(["filter", "label"], as_index=False)["votes"].sum()
+        votes = votes.sort_values(["filter", "votes"], ascending=[True, False], kind="stable")
+        votes["rank"] = votes.groupby("filter").cumcount() + 1
+        votes = votes[votes["rank"] <= top_words]
+        evidence = pairs.groupby("filter")["activation"].sum()
+        votes["support"] = votes["votes"].to_numpy() / evidence.reindex(votes["filter"]).to_numpy()
+        return votes.rename(columns={"label": "word"})[["filter", "rank", "word", "votes", "support"]].reset_index(
+            drop=True)
+
     @staticmethod
     def _missing(keys: pd.DataFrame, cached: pd.DataFrame) -> pd.DataFrame:
         done = pd.MultiIndex.from_frame(cached[["filter", "image"]].drop_duplicates())

@@ -173,3 +173,15 @@ def test_a_finished_prior_cache_is_read_without_writing(tiny_store, mapper, spac
     before = classifier.module.calls
     again = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False).predictions(store, pairs)
     assert classifier.module.calls == before and again.equals(first)
+
+
+def test_region_words_say_what_the_classifier_sees_apart_from_the_filters_words(tiny_store, mapper, space, shapes,
+                                                                                classifier):
+    pairs = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)).pairs()
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, show_progress=False)
+    seen = prior.region_words(tiny_store, pairs, top_words=2)
+    assert list(seen.columns) == ["filter", "rank", "word", "votes", "support"]
+    first = seen[seen["rank"] == 1].set_index("filter")["word"]
+    for colour, f in COLOUR_FILTERS.items():
+        assert first[f] == colour
+    assert seen["support"].between(0, 1 + 1e-6).all() and (seen.groupby("filter").size() <= 2).all()
