@@ -44,16 +44,30 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def lavise_words(ref, labels, prior, vocabulary, seed: int) -> pd.DataFrame:
-    """The notebooks' pipeline: a mapper with weak labels, calibrated under the explainer's settings."""
-    mapper = ExplainerTrainer(ref.store, ref.space, TrainingConfig(seed=seed), weak_labels=labels,
-                              device=ref.spec.device, show_progress=False).fit()
+def lavise_mapper(ref, labels, seed: int):
+    """The notebooks' mapper: trained with the model's weak labels."""
+    return ExplainerTrainer(ref.store, ref.space, TrainingConfig(seed=seed), weak_labels=labels,
+                            device=ref.spec.device, show_progress=False).fit()
+
+
+def lavise_words(ref, mapper, labels, prior, vocabulary, seed: int) -> pd.DataFrame:
+    """The notebooks' explanations: the gamma calibrated under the explainer's own settings, prior and vocabulary."""
     settings = ExplainSettings()
     grid = CalibrationSettings(seed=seed, gammas=[round(0.02 * i, 2) for i in range(26)])
     record = GammaCalibration(ref.store, mapper, ref.space, settings, calibration=grid, vocabulary=vocabulary,
                               weak_labels=labels, prior=prior).fit()
     return FilterExplainer(ref.store, mapper.calibrated(record), ref.space, vocabulary, settings,
                            prior=prior).explain()
+
+
+def cached(path: Path, make) -> pd.DataFrame:
+    """``make()``'s table, written to ``path`` once and read back on later runs (the slow steps resume)."""
+    if path.is_file():
+        return pd.read_csv(path)
+    table = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return table
 
 
 def random_words(store, seed: int) -> pd.DataFrame:
@@ -116,12 +130,15 @@ def main() -> None:
     labels = model_labels(ref.model, ref.dataset, top=3, min_probability=0.05, show_progress=False)
     prior = ClassPrior(ref.model, ref.dataset, ref.space, show_progress=False)
     store = ref.store
+    words = out / "first_words"
+    mapper = lavise_mapper(ref, labels, args.seed)
     methods = {
-        "lavise (notebook defaults: nouns, weak labels, prior, calibrated)": ("trained", lavise_words(
-            ref, labels, prior, nouns, args.seed)),
-        "lavise without the class prior": ("trained", lavise_words(ref, labels, None, nouns, args.seed)),
-        "lavise, annotated concepts only, no prior": ("trained", lavise_words(ref, labels, None, "concepts",
-                                                                               args.seed)),
+        "lavise (notebook defaults: nouns, weak labels, prior, calibrated)": ("trained", cached(
+            words / "lavise_prior.csv", lambda: lavise_words(ref, mapper, labels, prior, nouns, args.seed))),
+        "lavise without the class prior": ("trained", cached(
+            words / "lavise.csv", lambda: lavise_words(ref, mapper, labels, None, nouns, args.seed))),
+        "lavise, annotated concepts only, no prior": ("trained", cached(
+            words / "lavise_concepts.csv", lambda: lavise_words(ref, mapper, labels, None, "concepts", args.seed))),
         "netdissect": ("trained", network_dissection(store, top_words=1)),
         "invert (in-sample AUC)": ("trained", invert_labels(store, top_words=1)),
         "frequency": ("trained", frequency_baseline(store, pd.DataFrame({"filter": range(store.shape[1])}), 1)),
