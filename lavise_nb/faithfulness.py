@@ -34,7 +34,7 @@ from .config import check_int
 from .regions import filter_maps
 
 __all__ = ["PresenceScore", "ProbeScenes", "PRESENCE_COLUMNS", "PROBE_COLUMNS", "presence_scores",
-           "sanity_checks", "coverage", "attach_faithfulness", "top_words"]
+           "sanity_checks", "coverage", "attach_faithfulness", "first_words"]
 
 PRESENCE_COLUMNS = ["filter", "word", "testable", "n_images", "n_positive", "correlation", "auprc", "auprc_chance",
                     "auc", "auc_p", "pixel_auprc", "pixel_chance"]
@@ -74,7 +74,7 @@ def presence_scores(activation: np.ndarray, presence: np.ndarray) -> dict:
     return out
 
 
-def top_words(explanations: pd.DataFrame, top: int = 1) -> pd.DataFrame:
+def first_words(explanations: pd.DataFrame, top: int = 1) -> pd.DataFrame:
     """The ``top`` first words of each filter, as (filter, word, rank) pairs to score."""
     named = explanations.dropna(subset=["word"])
     named = named[(named["rank"] >= 1) & (named["rank"] <= top)]
@@ -102,7 +102,7 @@ class PresenceScore:
 
     Examples
     --------
-    >>> scores = PresenceScore(held_out_store).score(top_words(explanations))   # doctest: +SKIP
+    >>> scores = PresenceScore(held_out_store).score(first_words(explanations))   # doctest: +SKIP
     """
 
     def __init__(self, store, *, pixel_size: int = 56, pixel_negatives: int = 100, seed: int = 0,
@@ -127,7 +127,7 @@ class PresenceScore:
         Parameters
         ----------
         pairs : pandas.DataFrame
-            Columns ``filter`` and ``word`` (e.g. :func:`top_words`); other columns are kept.
+            Columns ``filter`` and ``word`` (e.g. :func:`first_words`); other columns are kept.
 
         Returns
         -------
@@ -201,7 +201,7 @@ class ProbeScenes:
 
     Examples
     --------
-    >>> ProbeScenes(model, "_blocks.15").score(top_words(explanations))   # doctest: +SKIP
+    >>> ProbeScenes(model, "_blocks.15").score(first_words(explanations))   # doctest: +SKIP
     """
 
     def __init__(self, model, layer: str, *, n_images: int = 60, seed: int = 10_000, weight: float = 1000.0,

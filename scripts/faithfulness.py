@@ -24,7 +24,7 @@ from lavise_nb import (ClassPrior, ExplainerTrainer, ExplainSettings, FilterExpl
 from lavise_nb.config import CalibrationSettings
 from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import frequency_baseline, invert_labels
-from lavise_nb.faithfulness import PresenceScore, ProbeScenes, coverage, top_words
+from lavise_nb.faithfulness import PresenceScore, ProbeScenes, coverage, first_words
 from lavise_nb.labels import model_labels
 from lavise_nb.probe import load_model, recalibrate_batchnorm
 from lavise_nb.store import ActivationStore
@@ -81,7 +81,7 @@ def score_all(methods: dict, presence: dict, probes: dict) -> pd.DataFrame:
     """methods: name -> (network, explanation table); presence/probes: network -> scorer."""
     tables = []
     for name, (network, explanations) in methods.items():
-        pairs = top_words(explanations, 1)
+        pairs = first_words(explanations, 1)
         held = presence[network].score(pairs)
         probe = probes[network].score(pairs)
         table = pairs.assign(method=name, network=network)

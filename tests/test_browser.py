@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 NOTEBOOK = "02_explain_filters.ipynb"
-PARAMETERS = dict(n_images=200, seed=0, p=5, s=3, top_words=5, n_cards=1, compare=False, interactive=True,
+PARAMETERS = dict(n_images=200, seed=0, p=5, s=3, top_words=5, n_cards=1, compare=False, faithfulness=False,
+                  interactive=True,
                   show_progress=False)  # + output_dir: a copy of notebook 01's train/ (tests/conftest.py)
 SCREENSHOTS = Path(tempfile.gettempdir()) / "lavise-nb-browser"
 WIDGET_ERRORS = ("Error displaying widget", "Model not found", "model not found", "Failed to load model class")

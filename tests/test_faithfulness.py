@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from lavise_nb.faithfulness import (PRESENCE_COLUMNS, PresenceScore, ProbeScenes, attach_faithfulness, coverage,
-                                    presence_scores, sanity_checks, top_words)
+                                    presence_scores, sanity_checks, first_words)
 from tests.conftest import COLOUR_FILTERS
 
 
@@ -70,7 +70,7 @@ def test_faithfulness_column_joins_where_testable():
     scores = pd.DataFrame({"filter": [0, 1], "word": ["red", "sky"], "testable": [True, False], "auc": [0.9, np.nan]})
     joined = attach_faithfulness(explanations, scores)
     assert joined["faithfulness"].iloc[0] == 0.9 and joined["faithfulness"].iloc[1:].isna().all()
-    assert top_words(explanations).to_dict("list") == {"filter": [0, 1], "word": ["red", "sky"], "rank": [1, 1]}
+    assert first_words(explanations).to_dict("list") == {"filter": [0, 1], "word": ["red", "sky"], "rank": [1, 1]}
 
 
 def test_invert_labels_find_the_planted_colours_with_the_auc_presence_scores_give(tiny_store):

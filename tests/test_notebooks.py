@@ -18,7 +18,7 @@ DOCUMENTED = {
                                           "weak_labels", "class_prior"],
     "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
-                                          "class_prior"],
+                                          "class_prior", "faithfulness", "probe_images"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -46,7 +46,7 @@ def test_parameters_are_documented_literals(name):
 def ran(trained_notebook):
     out, first = trained_notebook  # 01 with output_dir=out, max_epochs=2, p=5, **SMALL (tests/conftest.py)
     second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
-                  query="car", **SMALL)
+                  query="car", probe_images=6, **SMALL)
     return out, first, second
 
 
@@ -85,8 +85,13 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     explain = out / "explain"
     table = pd.read_csv(explain / "explanations.csv")
     assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "score", "kind",
-                                   "n_images", "method", "note"]
+                                   "n_images", "method", "note", "faithfulness"]
     named = table.dropna(subset=["word"])
+    scores = pd.read_csv(explain / "faithfulness.csv")
+    tested = scores[scores["testable"]]
+    assert len(scores) == named["filter"].nunique() and len(tested) > 0 and tested["auc"].between(0, 1).all()
+    firsts = table[(table["rank"] == 1)].set_index("filter")
+    assert firsts.loc[tested["filter"], "faithfulness"].to_numpy() == pytest.approx(tested["auc"].to_numpy())
     assert table["filter"].nunique() == 320 and named.groupby("filter").size().max() == 5
     assert set(named["kind"]) <= {"seen", "unseen", "zero-shot"} and (named["votes"] > 0).all()
     words = pd.read_csv(explain / "image_words.csv")
@@ -116,7 +121,7 @@ def test_notebooks_train_and_explain_in_glove_alone(tmp_path):
     glove = dict(SMALL, word_space="glove-6b-50d", output_dir=str(tmp_path))
     _run("01_train_explainer.ipynb", tmp_path, max_epochs=2, calibrate=False, class_prior=False, **glove)
     _run("02_explain_filters.ipynb", tmp_path, vocabulary="concepts", compare=False, p=5, s=3, top_words=5,
-         n_cards=1, query="car", class_prior=False, voting="top_s", **glove)
+         n_cards=1, query="car", class_prior=False, voting="top_s", faithfulness=False, **glove)
     checkpoint = torch.load(tmp_path / "train" / "mapper.pt", weights_only=True)
     assert checkpoint["space_id"].startswith("glove-6b-50d-50d-") and checkpoint["dim"] == 50
     table = pd.read_csv(tmp_path / "explain" / "explanations.csv").dropna(subset=["word"])

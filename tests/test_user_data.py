@@ -100,7 +100,7 @@ def test_notebooks_run_on_a_fine_tuned_torchvision_model_and_coco_photos(tmp_pat
                   interactive=False, show_progress=False)
     _run("01_train_explainer.ipynb", out, dict(common, max_epochs=5, p=5))
     _run("02_explain_filters.ipynb", out, dict(common, p=5, s=3, top_words=5, n_cards=1, query="car",
-                                                compare=True))
+                                                compare=True, faithfulness=False))
     _run("03_bias_analysis.ipynb", out, dict(common, target_root=str(targets), target_csv=str(targets_csv),
                                                group_column="group", min_group_size=5, run_null=False))
     settings = json.loads((out / "train" / "settings.json").read_text())
