@@ -38,6 +38,7 @@ __all__ = ["ProbeSettings", "Probes", "PlantedHead", "PlantedNet", "PlantedModel
 
 #: The kinds of planted channel, as in :attr:`Probes.table`.
 PLANT_KINDS = ("imagenet", "not-imagenet", "not-object", "noise")
+_NOISE_CELLS = 1 << 20  # most cells the noise channels' offsets and scales are measured on
 
 
 @dataclass(frozen=True)
@@ -213,19 +214,26 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, settings: ProbeSettings) -> tupl
 
 def _noise(x: torch.Tensor, probe_out: torch.Tensor, settings: ProbeSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """M random projections of standardised x (n, C), offset to fire as often as the median probe and scaled
-    so that their 99th percentile when firing matches the probes' median one."""
+    so that their 99th percentile when firing matches the probes' median one (torch's lower median)."""
     generator = torch.Generator().manual_seed(settings.seed + 1)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     directions = torch.randn(settings.n_noise, x.shape[1], generator=generator)
     directions = directions / directions.norm(dim=1, keepdim=True) / std  # unit directions in standardised units
     projected = (x - mean) @ directions.T
-    tops = [np.quantile(col[col > 0], 0.99) for col in probe_out.T.numpy() if (col > 0).any()]
-    share = float(np.clip(np.median((probe_out > 0).float().mean(0).numpy()), 0.005, 0.5)) if tops else 0.05
-    target = float(np.median(tops)) if tops else 1.0
-    offset = -torch.from_numpy(np.quantile(projected.numpy(), 1 - share, axis=0)).float()
-    fired = (projected + offset).clamp_min(0).numpy()
-    scale = torch.tensor([target / np.quantile(col[col > 0], 0.99) if (col > 0).any() else 1.0 for col in fired.T],
-                         dtype=torch.float32)
+    if len(x) > _NOISE_CELLS:  # torch.quantile takes at most 16M values: the statistics come from a seeded sample
+        rows = torch.randperm(len(x), generator=generator)[:_NOISE_CELLS]
+        projected, probe_out = projected[rows], probe_out[rows]
+    if probe_out.shape[1]:
+        active = (probe_out > 0).float().mean(0)
+        share = float(active.median().clamp(0.005, 0.5))  # torch's median: the lower of the two middle values
+        tops = [torch.quantile(col[col > 0], 0.99) for col in probe_out.T if (col > 0).any()]
+        target = float(torch.stack(tops).median()) if tops else 1.0
+    else:
+        share, target = 0.05, 1.0
+    offset = -torch.quantile(projected, 1 - share, dim=0)
+    fired = (projected + offset).clamp_min(0)
+    scale = torch.tensor([target / float(torch.quantile(col[col > 0], 0.99)) if (col > 0).any() else 1.0
+                          for col in fired.T])
     weight = directions * scale[:, None]
     return weight, (offset - mean @ directions.T) * scale
 
