@@ -20,6 +20,8 @@ The public surface, one noun per module:
 - :mod:`~lavise_nb.planted`: planted group differences (StampScenes with a known bias) and their recovery
 - :mod:`~lavise_nb.faithfulness`: is a name true to its filter (held-out presence, probe scenes)
 - :mod:`~lavise_nb.bias`: ``GroupComparison`` (which filters fire differently across groups)
+- :mod:`~lavise_nb.detectors`: ``fit_probes`` -> ``Probes``, ``plant`` -> ``PlantedModel`` (planted
+  detectors with a known concept), ``firing_auc``, ``planted_ranks``
 - :mod:`~lavise_nb.plots`, :mod:`~lavise_nb.widgets`: figures and notebook widgets
 """
 from ._utils.version import VERSION
@@ -27,6 +29,7 @@ from .bias import GroupComparison
 from .calibration import Calibration, GammaCalibration
 from .config import BiasSettings, CalibrationSettings, ExplainSettings, TrainingConfig
 from .datasets import CocoDataset, ImageFolderDataset, ShapesWorld, VisualGenomeDataset
+from .detectors import PlantedModel, Probes, ProbeSettings, firing_auc, fit_probes, plant, planted_ranks
 from .evaluate import MethodComparison, RecallEvaluator, frequency_baseline, network_dissection
 from .explain import FilterExplainer
 from .labels import imagenet_classes
@@ -50,4 +53,5 @@ __all__ = [
     "VisualGenomeDataset", "Vocabulary", "WordSpace", "build_stamp_scenes", "combine_spaces", "frequency_baseline",
     "hybrid_space", "imagenet_classes", "load_model", "load_word_space", "network_dissection", "null_groups",
     "planted_groups", "recalibrate_batchnorm", "stamp_scenes", "wrap_model",
+    "PlantedModel", "ProbeSettings", "Probes", "firing_auc", "fit_probes", "plant", "planted_ranks",
 ]
