@@ -41,10 +41,11 @@ lab: $(STAMP)
 	$(REGISTER_KERNEL)
 	$(PY) scripts/lab.py --port $(LAB_PORT) $(LAB_ARGS)
 
-# recall (quality.py), then the faithfulness of each method's first word
+# recall (quality.py), the faithfulness of each method's first word, and the planted-detector benchmark
 quality: $(STAMP)
 	$(FAST_MALLOC) $(PY) scripts/quality.py --output-dir $(OUT)/quality
 	$(FAST_MALLOC) $(PY) scripts/faithfulness.py --output-dir $(OUT)/quality
+	$(FAST_MALLOC) $(PY) scripts/planted_benchmark.py --output-dir $(OUT)/quality
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --output-dir $(OUT)/bench
