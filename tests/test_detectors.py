@@ -12,7 +12,7 @@ from lavise_nb.detectors import (Probes, ProbeSettings, auc_score, concept_cells
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.mapper import ExplainerTrainer
 from lavise_nb.probe import LayerProbe, wrap_model
-from lavise_nb.store import ActivationStore
+from lavise_nb.store import ActivationStore, BuildSettings
 
 LAYER = "features.5"  # 12 channels at 8 x 8, after the tiny model's 3x3 conv
 CONCEPTS = ["red", "blue", "checkers"]
@@ -25,7 +25,7 @@ SEEN = ["red", "green", "blue", "yellow", "stripes", "dots", "checkers", "plain"
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory, tiny_model, shapes):
     root = tmp_path_factory.mktemp("detector_stores")
-    return ActivationStore.build(tiny_model, LAYER, shapes, root=root, batch_size=32, num_workers=0,
+    return ActivationStore.build(tiny_model, LAYER, shapes, root, BuildSettings(batch_size=32, num_workers=0),
                                  show_progress=False)
 
 
@@ -41,8 +41,8 @@ def planted(tiny_model, probes):
 
 @pytest.fixture(scope="module")
 def planted_store(planted, shapes, base_store):
-    return ActivationStore.build(planted.model, planted.layer, shapes, root=base_store.path.parent, batch_size=32,
-                                 num_workers=0, show_progress=False)
+    return ActivationStore.build(planted.model, planted.layer, shapes, base_store.path.parent,
+                                 BuildSettings(batch_size=32, num_workers=0), show_progress=False)
 
 
 def test_auc_score_counts_ties_half():
