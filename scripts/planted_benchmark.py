@@ -58,7 +58,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="300 images, p=5, attention only")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--top-words", type=int, default=100, help="words listed per filter (deeper ranks: NaN)")
-    parser.add_argument("--max-epochs", type=int, default=60)
+    parser.add_argument("--max-epochs", type=int, default=TrainingConfig().max_epochs,
+                        help="a ceiling; early stopping ends training (the recorded run of the note used 60)")
     parser.add_argument("--no-weak-labels", action="store_true",
                         help="train without the model's own ImageNet predictions (the notebooks use them)")
     parser.add_argument("--store-root", default=None)
