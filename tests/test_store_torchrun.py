@@ -16,7 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Run by the launcher (and once without it, for the single-process store). One image per forward pass and
 # one thread per process: a convolution's float rounding can depend on batch composition and thread count.
 SCRIPT = """
+import os
 import sys
+from pathlib import Path
+
 import torch
 from lavise_nb.datasets import ShapesWorld
 from lavise_nb.probe import wrap_model
@@ -28,27 +31,32 @@ data = ShapesWorld(70, seed=5)
 model = wrap_model(planted_net(), data.preprocess, "planted")
 store = build_distributed(model, "features.1", data, sys.argv[1], BuildSettings(batch_size=1, num_workers=0),
                           device="cpu", show_progress=False)
-print("STORE", store.path, store.shape, flush=True)
+Path(sys.argv[2], f"rank{os.environ.get('RANK', '-')}.txt").write_text(str(store.path))
 """
 
 
-def _run(command, tmp_path):
+def _run(command, tmp_path, name: str) -> dict:
+    """Run ``command`` + [root, reports]; returns {rank: the store path that rank returned}."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [line.split()[1] for line in result.stdout.splitlines() if line.startswith("STORE ")]
+    reports = tmp_path / f"{name}-reports"
+    reports.mkdir()
+    result = subprocess.run([*command, str(tmp_path / name), str(reports)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=240)
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, output
+    return {p.stem[4:]: p.read_text() for p in sorted(reports.iterdir())}
 
 
 def test_torchrun_ranks_build_the_single_process_store(tmp_path):
     script = tmp_path / "build.py"
     script.write_text(textwrap.dedent(SCRIPT))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    paths = _run([*launcher, str(script), str(tmp_path / "dist")], tmp_path)
-    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].endswith("_merged2")
-    (single_path,) = _run([sys.executable, str(script), str(tmp_path / "single")], tmp_path)
+    paths = _run([*launcher, str(script)], tmp_path, "dist")
+    assert sorted(paths) == ["0", "1"] and paths["0"] == paths["1"] and paths["0"].endswith("_merged2")
+    single_path = _run([sys.executable, str(script)], tmp_path, "single")["-"]
 
-    merged, single = ActivationStore.open(paths[0]), ActivationStore.open(single_path)
+    merged, single = ActivationStore.open(paths["0"]), ActivationStore.open(single_path)
     assert [Path(p).name[-9:] for p in merged.shard_paths] == ["shard0of2", "shard1of2"]
     assert merged.shape == single.shape and merged.shape[0] == 70
     np.testing.assert_array_equal(np.asarray(merged.activations), np.asarray(single.activations))

@@ -85,7 +85,7 @@ def launch_info(environ=None) -> LaunchInfo | None:
 
 
 def merged_folder(model: TargetModel, layer: str, dataset, root: str | Path | None = None,
-                  settings: BuildSettings | None = None, world_size: int = 2) -> Path:
+                  settings: BuildSettings | None = None, *, world_size: int) -> Path:
     """The folder :func:`build_distributed` merges ``world_size`` shards into.
 
     ``<root>/<model>_<layer>_<key hash>_merged<world_size>``, beside the shards' folders
@@ -192,7 +192,7 @@ def _build_and_merge(model, layer, dataset, root, settings, device, info: Launch
     dist.all_gather_object(reports, mine)
     _raise_failures(reports, "building its shard")
 
-    out = merged_folder(model, layer, dataset, root, settings, info.world_size)
+    out = merged_folder(model, layer, dataset, root, settings, world_size=info.world_size)
     verdict = [None]
     if lead:
         try:
