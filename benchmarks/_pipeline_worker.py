@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,7 +67,8 @@ def main() -> None:
     stages, forward = Stages(device), []
     facts = {"images": n, "batch_size": settings.batch_size, "workers": workers, "device": str(device),
              "malloc": os.environ.get("LAVISE_NB_MALLOC", ""), "cache": os.environ.get("LAVISE_NB_CACHE", "")}
-    train_dir = Path(tempfile.mkdtemp(prefix="lavise-pipeline-train-"))
+    train_dir = out_json.parent / "train"      # in the caller's temporary folder
+    train_dir.mkdir(exist_ok=True)
 
     # notebook 01, cell 4: Reference.load, split into its steps
     model = stages.run("model load", "01", lambda: load_model(spec.model, device=spec.device))
