@@ -112,11 +112,8 @@ def build_distributed(model: TargetModel, layer: str, dataset, root: str | Path 
 
     Parameters
     ----------
-    model : TargetModel
-    layer : str
-        Dotted layer name.
-    dataset : torch.utils.data.Dataset
-        The same dataset, in the same order, on every rank.
+    model, layer, dataset
+        As for :meth:`ActivationStore.build`: the same on every rank, the dataset in the same order.
     root : path, optional
         Parent folder of the shards and the merged store (default: the cache's ``stores/``).
         On several machines, a folder every machine sees at the same path.
