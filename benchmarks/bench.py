@@ -26,6 +26,11 @@ What is measured (N = ``--n`` images, default 200):
   (``LAVISE_NB_MALLOC=fast``, :mod:`lavise_nb._utils.allocator`); allocator_memory: the same processes'
   build peak RSS, raised / default. Every other figure runs with the allocator as the
   environment leaves it (``make bench`` leaves glibc's defaults).
+
+Then ``pipeline.md`` / ``pipeline.json`` (:mod:`pipeline`): notebook 01 + 02's default path
+end to end from an empty cache, each stage as a multiple of one bare forward pass over the
+same ``--pipeline-images`` images (default 2000; e.g. 300 for a quick check). ``--only
+pipeline`` runs only that part, ``--only perf`` only the figures above.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import LAYER, MODEL, Timer, load_average, machine, setup  # noqa: E402
+from pipeline import add_arguments as add_pipeline_arguments, run_pipeline  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -312,8 +318,21 @@ def main() -> None:
     parser.add_argument("--reference-filters", type=int, default=4, help="filters sampled for the reference explain")
     parser.add_argument("--reference-batches", type=int, default=2, help="batches timed for the reference epoch")
     parser.add_argument("--work-dir", default=None, help="where bench stores go (default: a temp folder, removed)")
+    parser.add_argument("--only", choices=("all", "perf", "pipeline"), default="all",
+                        help="perf: the figures above (perf.md); pipeline: the end-to-end stage table (pipeline.md)")
+    add_pipeline_arguments(parser, prefix="pipeline-")
     args = parser.parse_args()
+    if args.only != "pipeline":
+        run_perf(args)
+    if args.only != "perf":
+        out = Path(args.output_dir)
+        run_pipeline(args.pipeline_images, out, args.device, args.pipeline_forward_rounds, args.pipeline_extras,
+                     args.pipeline_encode_words)
+        print((out / "pipeline.md").read_text())
 
+
+def run_perf(args) -> None:
+    """The figures of perf.md."""
     started = time.perf_counter()
     load_start = load_average()
     device = resolve_device(args.device)

@@ -16,5 +16,7 @@ from .build import BuildInterrupted, BuildSettings
 from .format import store_key
 from .integrity import StoreDamagedError
 from .read import ActivationStore, ConcatRows
+from .distributed import build_distributed
 
-__all__ = ["ActivationStore", "BuildInterrupted", "BuildSettings", "ConcatRows", "StoreDamagedError", "store_key"]
+__all__ = ["ActivationStore", "BuildInterrupted", "BuildSettings", "ConcatRows", "StoreDamagedError", "build_distributed",
+           "store_key"]
