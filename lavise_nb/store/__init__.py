@@ -9,6 +9,7 @@
 ``locks``      the lock per store, loader workers that end with their builder
 ``build``      :class:`BuildSettings`, building (resumable, in shards)
 ``merge``      merging shards
+``distributed`` building under torchrun: one shard per rank, rank 0 merges
 ``read``       :class:`ActivationStore` (open, verify, read, build, merge), :class:`ConcatRows`
 =============  ==============================================================
 """
