@@ -12,6 +12,7 @@ faithfulness.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -127,18 +128,19 @@ def main() -> None:
     ref = Reference.load(spec, show_progress=False)
     held_out = ref.held_out(show_progress=False)
     nouns = ref.vocabulary("nouns")
-    labels = model_labels(ref.model, ref.dataset, top=3, min_probability=0.05, show_progress=False)
+    labels = functools.cache(lambda: model_labels(ref.model, ref.dataset, top=3, min_probability=0.05,
+                                                 show_progress=False))
     prior = ClassPrior(ref.model, ref.dataset, ref.space, show_progress=False)
     store = ref.store
     words = out / "first_words"
-    mapper = lavise_mapper(ref, labels, args.seed)
+    trained = functools.cache(lambda: lavise_mapper(ref, labels(), args.seed))  # only when a table is not cached
     methods = {
         "lavise (notebook defaults: nouns, weak labels, prior, calibrated)": ("trained", cached(
-            words / "lavise_prior.csv", lambda: lavise_words(ref, mapper, labels, prior, nouns, args.seed))),
+            words / "lavise_prior.csv", lambda: lavise_words(ref, trained(), labels(), prior, nouns, args.seed))),
         "lavise without the class prior": ("trained", cached(
-            words / "lavise.csv", lambda: lavise_words(ref, mapper, labels, None, nouns, args.seed))),
+            words / "lavise.csv", lambda: lavise_words(ref, trained(), labels(), None, nouns, args.seed))),
         "lavise, annotated concepts only, no prior": ("trained", cached(
-            words / "lavise_concepts.csv", lambda: lavise_words(ref, mapper, labels, None, "concepts", args.seed))),
+            words / "lavise_concepts.csv", lambda: lavise_words(ref, trained(), labels(), None, "concepts", args.seed))),
         "netdissect": ("trained", network_dissection(store, top_words=1)),
         "invert (in-sample AUC)": ("trained", invert_labels(store, top_words=1)),
         "frequency": ("trained", frequency_baseline(store, pd.DataFrame({"filter": range(store.shape[1])}), 1)),
