@@ -35,7 +35,7 @@ if _missing and not os.environ.get("LAVISE_NB_REQUIRE_BROWSER"):
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 pytest.importorskip("jupyterlab", reason="jupyterlab is not installed (pip install -e .)")
 papermill = pytest.importorskip("papermill")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -150,7 +150,9 @@ def _html(element, selector: str) -> str:
 
 def _wait(driver, timeout: float, what: str, condition):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: condition())
+        # an output re-rendered while it is read (the very change waited for) leaves stale elements: poll again
+        return WebDriverWait(driver, timeout, poll_frequency=0.5,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition())
     except TimeoutException:
         shot = SCREENSHOTS / "timeout.png"
         driver.save_screenshot(str(shot))
