@@ -109,8 +109,9 @@ def summarise(pairs: pd.DataFrame, n_filters: int) -> pd.DataFrame:
 
 def head_to_head(pairs: pd.DataFrame, a: str, b: str, score: str = "probe_auc") -> str:
     """On the filters both methods' words can be tested on: medians and how often each wins."""
-    one = pairs[(pairs["method"] == a) & pairs[score.split("_")[0] + "_testable"].astype(bool)].set_index("filter")
-    two = pairs[(pairs["method"] == b) & pairs[score.split("_")[0] + "_testable"].astype(bool)].set_index("filter")
+    testable = ("held_out" if score.startswith("held_out") else "probe") + "_testable"
+    one = pairs[(pairs["method"] == a) & pairs[testable].astype(bool)].set_index("filter")
+    two = pairs[(pairs["method"] == b) & pairs[testable].astype(bool)].set_index("filter")
     both = one.index.intersection(two.index)
     if not len(both):
         return f"{a} vs {b}: no filter both can be tested on"
