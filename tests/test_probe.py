@@ -138,3 +138,28 @@ def test_probe_without_stopping_keeps_the_layers_own_output():
     with LayerProbe(model, "1") as probe:
         stopped = probe(x)
     assert torch.equal(kept, expected) and torch.equal(stopped, expected)
+
+
+def test_checkpoints_of_fine_tuned_models_and_bad_files(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    tuned = torchvision.models.resnet18(weights=None, num_classes=10)
+    torch.save({"state_dict": tuned.state_dict()}, tmp_path / "ten.pth")
+    model = load_model("resnet18", weights=tmp_path / "ten.pth")
+    assert model.module.fc.out_features == 10
+    assert torch.equal(model.module.fc.weight, tuned.fc.weight)
+    with pytest.raises(ValueError, match="does not fit ResNet.*num_classes"):
+        load_model("resnet18", weights=tmp_path / "ten.pth", num_classes=1000)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    loaded = load_model(fresh, weights=tmp_path / "net.pth")
+    assert torch.equal(loaded.module[0].weight, net[0].weight)  # applied, not ignored
+    data = (tmp_path / "ten.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.pth is not a readable PyTorch checkpoint"):
+        load_model("resnet18", weights=tmp_path / "cut.pth")
+    torch.save(net, tmp_path / "whole.pth")
+    with pytest.raises(ValueError, match=r"whole\.pth holds a pickled Python object.*state_dict"):
+        load_model("resnet18", weights=tmp_path / "whole.pth")
