@@ -14,12 +14,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ._utils.progress import progress
 from .config import ExplainSettings
 from .explain import FilterExplainer
-from .regions import filter_regions
+from .regions import filter_regions, masks_at
 
 __all__ = ["ground_truth", "recall", "RecallEvaluator", "frequency_baseline", "oracle_words", "network_dissection",
            "invert_labels", "MethodComparison", "DEFAULT_METHODS", "BASELINES", "RECALL_COLUMNS"]
@@ -238,8 +237,7 @@ def network_dissection(store, size: int = 56, top_words: int = 20, batch_images:
             rows = object_groups.get(int(image))
             if rows is None:
                 continue
-            full = store.object_masks(rows["object"].to_numpy()).float()[:, None]
-            masks = (F.adaptive_avg_pool2d(full, (size, size))[:, 0] > 0.5).flatten(1).float()
+            masks = masks_at(store, rows["object"].to_numpy(), size).flatten(1).float()
             idx = torch.as_tensor([concept_index[x] for x in rows["concept"]])
             inter.index_add_(1, idx, regions[local] @ masks.T)
             mask_sum.index_add_(0, idx, masks.sum(1))

@@ -174,7 +174,7 @@ class FilterExplainer:
         """maps (P, C, h, w), filters (P,), cells (P, h, w) bool (real pixels) -> pooled (P, C)."""
         flat = maps.flatten(2)
         own = flat[torch.arange(len(filters)), filters]
-        mean = masked_mean(flat.cpu(), cells).to(flat.device)
+        mean = masked_mean(flat, cells)
         method, attention = self.settings.method, self.settings.attention
         if method == "original":
             return mean

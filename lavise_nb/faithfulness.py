@@ -25,13 +25,12 @@ import zlib
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ._utils.progress import progress
 from .config import check_int
-from .regions import filter_maps
+from .regions import filter_maps, masks_at
 
 __all__ = ["PresenceScore", "ProbeScenes", "PRESENCE_COLUMNS", "PROBE_COLUMNS", "presence_scores",
            "sanity_checks", "coverage", "attach_faithfulness", "first_words"]
@@ -160,13 +159,11 @@ class PresenceScore:
         images = np.concatenate([positives, np.sort(negatives)])
         size = self.pixel_size
         maps = filter_maps(self.store, images, np.full(len(images), filter), size)
-        truth = torch.zeros(len(images), size, size, dtype=torch.bool)
         rows = objects[(objects["concept"] == word) & objects["image"].isin(positives)]
         where = {int(image): k for k, image in enumerate(images)}
-        full = self.store.object_masks(rows["object"].to_numpy()).float()[:, None]
-        small = F.adaptive_avg_pool2d(full, (size, size))[:, 0] > 0.5
-        for image, mask in zip(rows["image"].to_numpy(), small):
-            truth[where[int(image)]] |= mask
+        owner = torch.tensor([where[int(image)] for image in rows["image"]], dtype=torch.long)
+        small = masks_at(self.store, rows["object"].to_numpy(), size).float()
+        truth = torch.zeros(len(images), size, size).index_add_(0, owner, small) > 0  # any mask of the concept
         labels = truth.flatten().numpy()
         if not labels.any():
             return np.nan, 0.0

@@ -509,7 +509,7 @@ def masked_mean(flat: torch.Tensor, cells) -> torch.Tensor:
     cells = np.asarray(cells, dtype=bool).reshape(len(flat), -1)
     if cells.all():
         return flat.mean(2)
-    weights = torch.from_numpy(cells.astype(np.float32))[:, None]
+    weights = torch.from_numpy(cells.astype(np.float32)).to(flat.device)[:, None]
     return (flat * weights).sum(2) / weights.sum(2).clamp_min(1)
 
 

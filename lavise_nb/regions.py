@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["filter_maps", "filter_regions", "upsample", "crop_around"]
+__all__ = ["filter_maps", "filter_regions", "upsample", "masks_at", "crop_around"]
 
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -75,6 +75,12 @@ def filter_regions(store, images, filters=None, size: int | None = None, thresho
         return maps > limits[None, :, None, None]
     chosen = limits[torch.from_numpy(np.array(filters, dtype=np.int64).reshape(-1))]
     return maps > chosen[:, None, None]
+
+
+def masks_at(store, objects, size: int) -> torch.Tensor:
+    """Object masks at ``size x size``: area-averaged, kept where they cover more than half a cell; (n, size, size) bool."""
+    full = store.object_masks(np.asarray(objects, dtype=np.int64)).float()[:, None]
+    return F.adaptive_avg_pool2d(full, (size, size))[:, 0] > 0.5
 
 
 def crop_around(picture: torch.Tensor, mask: torch.Tensor, context: float = 0.15, min_side: int = 16,

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ..probe import TargetModel
 from .build import BuildSettings, build_store
@@ -287,9 +286,9 @@ class ActivationStore:
         torch.Tensor
             (size, size) float32.
         """
-        size = size or self.image_size
-        amap = torch.from_numpy(np.asarray(self.activations[image, filter], dtype=np.float32))
-        return F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        from ..regions import filter_maps
+
+        return filter_maps(self, [image], [filter], size)[0]
 
     def object_masks(self, objects) -> torch.Tensor:
         """Full-size masks of some objects, (n, S, S) bool."""
