@@ -3,6 +3,7 @@
 The public surface, one noun per module:
 
 - :mod:`~lavise_nb.probe`: ``load_model``, ``LayerProbe`` (layers by dotted name)
+- :mod:`~lavise_nb.downstream`: ``split_after`` (the network after a layer, from its activations)
 - :mod:`~lavise_nb.datasets` / :mod:`~lavise_nb.scenes`: reference datasets (COCO,
   Visual Genome, image folders, ShapesWorld, the embedded StampScenes)
 - :mod:`~lavise_nb.words`: word spaces and vocabularies

@@ -30,10 +30,11 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from .config import check_float, check_int
+from .downstream import split_after
 from .labels import imagenet_classes
 from .probe import TargetModel
 
-__all__ = ["ProbeSettings", "Probes", "PlantedHead", "PlantedNet", "PlantedModel", "PLANT_KINDS", "concept_kind",
+__all__ = ["ProbeSettings", "Probes", "PlantedHead", "PlantedNet", "FirstChannels", "PlantedModel", "PLANT_KINDS", "concept_kind",
            "concept_cells", "fit_probes", "plant", "firing_auc", "planted_ranks", "auc_score"]
 
 #: The kinds of planted channel, as in :attr:`Probes.table`.
@@ -317,6 +318,17 @@ class PlantedHead(nn.Module):
         return torch.cat([features, planted], dim=1)
 
 
+class FirstChannels(nn.Module):
+    """(B, C + P, h, w) -> (B, C, h, w): the layer's own channels, without the planted ones."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features[:, :self.channels]
+
+
 class _Feed:
     """Forward hook that feeds a layer's output to the planted head and leaves the output as it is.
 
@@ -421,6 +433,7 @@ def plant(model: TargetModel, layer: str, probes: Probes, *, name: str = "plante
     shapes = planted.layers().set_index("layer")
     if int(shapes.loc[f"net.{layer}", "channels"]) != width:
         raise ValueError(f"the probes read {width} channels but {layer!r} has {shapes.loc[f'net.{layer}', 'channels']}")
+    planted.set_downstream(name, nn.Sequential(FirstChannels(width), split_after(module.net, layer)))
     channels = probes.table.copy()
     channels.insert(0, "channel", width + np.arange(len(channels)))
     return PlantedModel(planted, name, f"net.{layer}", channels)

@@ -6,6 +6,7 @@ and the class prior (:class:`~lavise_nb.prior.ClassPrior`) all use it.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -57,7 +58,7 @@ def classify(model, images: torch.Tensor, top: int, n_classes: int | None = None
 
 
 def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, batch_size: int = 64,
-                 class_names=None, device="auto", show_progress: bool = True) -> pd.DataFrame:
+                 class_names=None, store=None, device="auto", show_progress: bool = True) -> pd.DataFrame:
     """The target model's own predictions for each image, as weak labels.
 
     Parameters
@@ -72,24 +73,59 @@ def model_labels(model, dataset, *, top: int = 1, min_probability: float = 0.2, 
         Softmax probability a class needs to be kept.
     class_names : list of str, optional
         Default: ImageNet-1k's (:func:`imagenet_classes`).
+    store : ActivationStore, optional
+        The store built from ``model`` and ``dataset``: the logits it kept from its own
+        forward pass (:attr:`ActivationStore.logits`) are used, and the images are not run
+        again. A store without logits (built before they were kept) falls back to a pass.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``image, label, probability`` (labels are lower-case class names).
+
+    Raises
+    ------
+    ValueError
+        ``store`` was built from another model or dataset, or its logits have another
+        number of classes than ``class_names``.
     """
     from .datasets import collate_samples
 
     check_model_preprocess(dataset, model)
     names = imagenet_classes() if class_names is None else list(class_names)
+    if store is not None and store.logits is not None:
+        return _stored_labels(model, dataset, store, top, min_probability, names)
     model.to(resolve_device(device))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
     rows = []
     for batch in progress(loader, enabled=show_progress, desc="model labels"):
         probs, classes = classify(model, batch["images"], top, len(names))
-        for image, p_row, c_row, error in zip(batch["index"].tolist(), probs.tolist(), classes.tolist(),
-                                              batch["errors"]):
-            rows += [(image, names[c], p) for p, c in zip(p_row, c_row) if p >= min_probability and not error]
+        valid = [error is None or error == "" for error in batch["errors"]]
+        rows += _label_rows(batch["index"].tolist(), probs, classes, valid, names, min_probability)
+    return pd.DataFrame(rows, columns=["image", "label", "probability"])
+
+
+def _label_rows(images, probs, classes, valid, names, min_probability) -> list:
+    return [(image, names[c], p) for image, p_row, c_row, ok in zip(images, probs.tolist(), classes.tolist(), valid)
+            if ok for p, c in zip(p_row, c_row) if p >= min_probability]
+
+
+def _stored_labels(model, dataset, store, top, min_probability, names, block: int = 4096) -> pd.DataFrame:
+    """:func:`model_labels` from the store's logits."""
+    key = store.manifest["key"]
+    if key["model"] != model.fingerprint or key["dataset"] != dataset.dataset_id:
+        raise ValueError(f"the store at {store.path} was built from {key['model']} on {key['dataset']}, not from "
+                         f"{model.fingerprint} on {dataset.dataset_id}; pass the store built from this model and "
+                         "dataset (or store=None for a pass over the images)")
+    if store.logits.shape[1] != len(names):
+        raise ValueError(f"the store's logits have {store.logits.shape[1]} classes but {len(names)} class names "
+                         "were given: pass class names in the model's output order")
+    rows = []
+    for lo in range(0, store.logits.shape[0], block):
+        logits = torch.from_numpy(np.array(store.logits[lo:lo + block], dtype=np.float32))
+        valid = ~torch.isnan(logits).any(1)
+        probs, classes = logits.nan_to_num(0.0).softmax(-1).topk(min(top, logits.shape[1]), dim=1)
+        rows += _label_rows(range(lo, lo + len(logits)), probs, classes, valid.tolist(), names, min_probability)
     return pd.DataFrame(rows, columns=["image", "label", "probability"])
 
 

@@ -1,8 +1,11 @@
 """The target model's own classifier as a word prior for its filters' regions (ConSE).
 
-For each (filter, image) pair, the image is cropped around the region where the filter
-fires, the target model classifies the crop, and the word vectors of its ``top`` classes,
-weighted by their probabilities, make a unit vector (ConSE: Norouzi et al., ICLR 2014).
+For each (filter, image) pair, the target model classifies the region where the filter
+fires, and the word vectors of its ``top`` classes, weighted by their probabilities, make a
+unit vector (ConSE: Norouzi et al., ICLR 2014). The region is classified from the stored
+activations (``source="features"``: the box around the region on the layer's map, resampled
+to the map's size, through the layers after it) or from a crop of the image around it
+(``source="region"``: a forward pass per crop).
 :class:`~lavise_nb.explain.FilterExplainer` adds ``weight`` times this vector to each
 pair's explanation vector before ranking words. The class names are not the annotated
 concepts, so the prior helps seen, unseen and open-vocabulary words alike.
@@ -17,18 +20,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torchvision.ops import roi_align
 
 from ._utils.cache import cache_dir
 from ._utils.progress import progress
 from .config import CropSettings
 from .labels import classify, imagenet_classes
 from .probe import resolve_device
-from .regions import crop_around, filter_regions
+from .downstream import SplitError
+from .regions import crop_around, filter_regions, region_box
 from .store.locks import store_lock
 
 __all__ = ["ClassPrior"]
 
-SOURCES = ("region", "image")
+SOURCES = ("features", "region", "image")
 WHOLE_IMAGE = -1  # the cache's filter key for source="image": one prediction per image
 STORED_CLASSES = 20
 
@@ -50,9 +55,14 @@ class ClassPrior:
         10 (or every class when there are fewer).
     weight : float
         How much of the prior vector is added to a pair's explanation vector (both unit length).
-    source : {"region", "image"}
-        "region": crop the image around the filter's thresholded, upsampled activation
-        region (see ``crop``); "image": classify the whole image.
+    source : {"features", "region", "image"}
+        Where the filter fires is its thresholded, upsampled activation region and the box
+        around it (:func:`~lavise_nb.regions.region_box`, with ``crop``'s margin).
+        "features" (default): that box on the store's activation map, resampled to the map's
+        size (``roi_align``) and run through the layers after the store's layer
+        (:meth:`TargetModel.downstream`); no image is read or run again. "region": the image
+        cropped to the box, resized and run through the whole model (a forward pass per
+        pair). "image": the whole image.
     crop : CropSettings, optional
         The crop's margin and smallest side, and crops per forward pass.
     class_names : list of str, optional
@@ -72,7 +82,7 @@ class ClassPrior:
     >>> FilterExplainer(store, mapper, space, prior=prior).explain()       # doctest: +SKIP
     """
 
-    def __init__(self, model, dataset, space, *, top: int | None = None, weight: float = 1.0, source: str = "region",
+    def __init__(self, model, dataset, space, *, top: int | None = None, weight: float = 1.0, source: str = "features",
                  crop: CropSettings | None = None, class_names=None, device="auto", show_progress: bool = True):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
@@ -193,6 +203,46 @@ class ClassPrior:
         return votes.rename(columns={"label": "word"})[["filter", "rank", "word", "votes", "support"]].reset_index(
             drop=True)
 
+    def _crops(self, store, images: np.ndarray, filters: np.ndarray) -> torch.Tensor:
+        """(P, 3, S, S) model inputs: each pair's crop, or its whole image for ``source="image"``."""
+        size = store.image_size
+        regions = filter_regions(store, images, filters, size) if self.source == "region" else None
+        pictures, crops = {}, []
+        for row, image in enumerate(images):
+            if image not in pictures:
+                pictures[image] = self.dataset[int(image)]["image"]
+            crop = pictures[image]  # already size x size: the store was built from this dataset
+            if regions is not None:
+                crop = crop_around(crop, regions[row], self.crop.context, self.crop.min_side, size)
+            crops.append(crop)
+        return torch.stack(crops)
+
+    def _classify_features(self, store, images: np.ndarray, filters: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each pair's region box on the stored map, resampled to (h, w) and run through the layers after it."""
+        size = store.image_size
+        regions = filter_regions(store, images, filters, size)
+        unique, row_of = np.unique(images, return_inverse=True)
+        features = store.features(unique).float().to(self.device)
+        boxes = torch.tensor([[float(r), x0, y0, x1, y1] for r, (y0, y1, x0, x1) in zip(
+            row_of, (region_box(m, self.crop.context, self.crop.min_side) for m in regions))],
+            dtype=torch.float32, device=self.device)
+        h, w = features.shape[2:]
+        pooled = roi_align(features, boxes, output_size=(h, w), spatial_scale=h / size, sampling_ratio=2,
+                           aligned=True)
+        try:
+            head = self.model.downstream(store.layer)
+        except SplitError as error:
+            raise SplitError(f"ClassPrior(source='features') needs the layers after {store.layer!r} alone: {error}") \
+                from None
+        with torch.no_grad():
+            logits = head(pooled).float()
+        if logits.dim() != 2 or logits.shape[1] != len(self.class_names):
+            raise ValueError(f"the layers after {store.layer!r} give {tuple(logits.shape)} outputs, not (P, "
+                             f"{len(self.class_names)}) for the class names; pass the model's class names, or "
+                             "source='region'")
+        probabilities, classes = logits.softmax(-1).topk(self.stored, dim=1)
+        return probabilities.cpu(), classes.cpu()
+
     @staticmethod
     def _missing(keys: pd.DataFrame, cached: pd.DataFrame) -> pd.DataFrame:
         done = pd.MultiIndex.from_frame(cached[["filter", "image"]].drop_duplicates())
@@ -216,24 +266,18 @@ class ClassPrior:
 
     def _compute(self, store, todo: pd.DataFrame, cached: pd.DataFrame, path: Path) -> pd.DataFrame:
         self.model.to(self.device)
-        size = store.image_size
         parts = [cached]
         todo = todo.sort_values(["image", "filter"])
-        step = self.crop.batch_size
+        step = self.crop.batch_size * (8 if self.source == "features" else 1)
         batches = range(0, len(todo), step)
         for n, start in enumerate(progress(batches, enabled=self.show_progress, desc="class prior")):
             part = todo.iloc[start:start + step]
             images, filters = part["image"].to_numpy(), part["filter"].to_numpy()
-            regions = filter_regions(store, images, filters, size) if self.source == "region" else None
-            pictures, crops = {}, []
-            for row, image in enumerate(images):
-                if image not in pictures:
-                    pictures[image] = self.dataset[int(image)]["image"]
-                crop = pictures[image]  # already size x size: the store was built from this dataset
-                if regions is not None:
-                    crop = crop_around(crop, regions[row], self.crop.context, self.crop.min_side, size)
-                crops.append(crop)
-            probabilities, classes = classify(self.model, torch.stack(crops), self.stored, len(self.class_names))
+            if self.source == "features":
+                probabilities, classes = self._classify_features(store, images, filters)
+            else:
+                probabilities, classes = classify(self.model, self._crops(store, images, filters), self.stored,
+                                                  len(self.class_names))
             parts.append(pd.DataFrame({
                 "filter": np.repeat(filters, self.stored), "image": np.repeat(images, self.stored),
                 "rank": np.tile(np.arange(1, self.stored + 1), len(part)),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._utils.allocator import keep_large_buffers
+from .downstream import split_after
 from .transform import Preprocess
 
 __all__ = [
@@ -66,6 +67,7 @@ class TargetModel:
     preprocess: Preprocess
     name: str
     _fingerprint: str | None = field(default=None, repr=False)
+    _splits: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         keep_large_buffers()
@@ -83,6 +85,24 @@ class TargetModel:
     def weights_changed(self) -> None:
         """Forget the cached fingerprint after the weights (or batch-norm statistics) were changed in place."""
         self._fingerprint = None
+
+    def downstream(self, layer: str) -> torch.nn.Module:
+        """The network after ``layer``: (B, C, h, w) activations -> its output (see :func:`split_after`).
+
+        Raises
+        ------
+        SplitError
+            When later layers also read values from before ``layer``.
+        """
+        self.resolve(layer)
+        if layer not in self._splits:
+            self._splits[layer] = split_after(self.module, layer)
+        return self._splits[layer]
+
+    def set_downstream(self, layer: str, module: torch.nn.Module) -> None:
+        """Use ``module`` as the network after ``layer`` (for architectures :func:`split_after` cannot split)."""
+        self.resolve(layer)
+        self._splits[layer] = module
 
     @property
     def device(self) -> torch.device:
@@ -194,12 +214,16 @@ class LayerProbe:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Run the network on ``images`` (B, 3, H, W) and return the layer output (B, C, h, w)."""
+        return self.outputs(images)[0]
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """The layer output (B, C, h, w) and the network's own output (None when the probe stops)."""
         if self._handle is None:
             raise RuntimeError("LayerProbe must be used inside a `with` block")
-        self._output = None
+        self._output, final = None, None
         try:
             with torch.no_grad():
-                self.model.module(images)
+                final = self.model.module(images)
         except _StopForward:
             pass
         output, self._output = self._output, None
@@ -210,7 +234,7 @@ class LayerProbe:
                 f"layer {self.layer!r} returns {type(output).__name__} "
                 f"{getattr(output, 'shape', '')}; choose a layer with a (B, C, h, w) tensor output"
             )
-        return output
+        return output, final
 
 
 def wrap_model(module: nn.Module, preprocess: Preprocess | None = None, name: str | None = None) -> TargetModel:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["filter_maps", "filter_regions", "upsample", "masks_at", "crop_around"]
+__all__ = ["filter_maps", "filter_regions", "upsample", "masks_at", "region_box", "crop_around"]
 
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -83,9 +83,37 @@ def masks_at(store, objects, size: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(full, (size, size))[:, 0] > 0.5
 
 
+def region_box(mask: torch.Tensor, context: float = 0.15, min_side: int = 16) -> tuple[int, int, int, int]:
+    """The crop box around a region: its bounding box plus a margin, grown to ``min_side``.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        (H, W) bool region; an empty one gives the whole picture.
+    context : float
+        Margin added on each side, as a share of the box's side.
+    min_side : int
+        Boxes grow to at least this many pixels a side.
+
+    Returns
+    -------
+    (y0, y1, x0, x1) : int
+        Rows ``y0:y1`` and columns ``x0:x1``, inside the picture.
+    """
+    height, width = mask.shape
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return 0, height, 0, width
+    y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+    grow_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
+    grow_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
+    return (max(0, int(y0 - grow_y)), min(height, int(math.ceil(y1 + grow_y))),
+            max(0, int(x0 - grow_x)), min(width, int(math.ceil(x1 + grow_x))))
+
+
 def crop_around(picture: torch.Tensor, mask: torch.Tensor, context: float = 0.15, min_side: int = 16,
                 size: int | None = None) -> torch.Tensor:
-    """A crop of the picture around a region's bounding box, resized to a square.
+    """A crop of the picture around a region's box (:func:`region_box`), resized to a square.
 
     Parameters
     ----------
@@ -93,10 +121,8 @@ def crop_around(picture: torch.Tensor, mask: torch.Tensor, context: float = 0.15
         (3, H, W) model input.
     mask : torch.Tensor
         (H, W) bool region; an empty one returns the whole picture, resized.
-    context : float
-        Margin added on each side, as a share of the box's side.
-    min_side : int
-        Boxes grow to at least this many pixels a side.
+    context, min_side :
+        As in :func:`region_box`.
     size : int, optional
         Output side (default: H).
 
@@ -105,18 +131,9 @@ def crop_around(picture: torch.Tensor, mask: torch.Tensor, context: float = 0.15
     torch.Tensor
         (3, size, size).
     """
-    height, width = picture.shape[1:]
-    size = size or height
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        window = picture
-    else:
-        y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
-        grow_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
-        grow_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
-        y0, y1 = max(0, int(y0 - grow_y)), min(height, int(math.ceil(y1 + grow_y)))
-        x0, x1 = max(0, int(x0 - grow_x)), min(width, int(math.ceil(x1 + grow_x)))
-        window = picture[:, y0:y1, x0:x1]
+    size = size or picture.shape[1]
+    y0, y1, x0, x1 = region_box(mask, context, min_side)
+    window = picture[:, y0:y1, x0:x1]
     if window.shape[1:] == (size, size):
         return window
     return F.interpolate(window[None], size=(size, size), mode="bilinear", align_corners=False)[0]

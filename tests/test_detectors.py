@@ -94,6 +94,8 @@ def test_planting_leaves_the_logits_and_the_original_model_unchanged(tiny_model,
     expected = torch.einsum("bchw,pc->bphw", base, probes.weight) + probes.bias[None, :, None, None]
     assert torch.allclose(out[:, channels:], expected.clamp_min(0), atol=1e-5)
     assert planted.planted_channels == list(range(channels, channels + len(CONCEPTS) + N_NOISE))
+    with torch.no_grad():   # the layers after the planted block read the layer's own channels only
+        assert torch.allclose(planted.model.downstream(planted.layer)(out), tiny_model.module(images), atol=1e-6)
     # a deep copy feeds its own head, and the original keeps its own
     twin = wrap_model(copy.deepcopy(planted.model.module), planted.model.preprocess, "twin")
     twin.resolve(planted.layer).bias.fill_(1e3)

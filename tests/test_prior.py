@@ -3,6 +3,7 @@ import copy
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def red_pairs(explainer):
 
 def test_region_prior_names_the_colour_the_filter_fires_on(tiny_store, mapper, space, shapes, classifier):
     pairs = red_pairs(FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)))
-    region = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, show_progress=False)
+    region = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", top=2, show_progress=False)
     whole = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, source="image",
                        show_progress=False)
     top_region = region.predictions(tiny_store, pairs).query("rank == 1")
@@ -66,7 +67,7 @@ def test_predictions_are_cached_and_resume(tiny_store, mapper, space, shapes, cl
     store = copy.copy(tiny_store)
     store.path = tmp_path / "store"  # a fresh cache beside a copy of the store
     store.path.mkdir()
-    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, crop=CropSettings(batch_size=8),
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", crop=CropSettings(batch_size=8),
                        show_progress=False)
     first = pairs.iloc[:20]
     before = classifier.module.calls
@@ -76,7 +77,7 @@ def test_predictions_are_cached_and_resume(tiny_store, mapper, space, shapes, cl
     assert classifier.module.calls - before == 3 + int(np.ceil((len(pairs) - 20) / 8))
     assert part.equals(full.iloc[:len(part)].reset_index(drop=True))
     calls = classifier.module.calls
-    again = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False).predictions(store, pairs)
+    again = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", show_progress=False).predictions(store, pairs)
     assert classifier.module.calls == calls and again.equals(full)
     assert not list((store.path / "priors").glob("*.partial"))
 
@@ -89,7 +90,7 @@ def test_a_strong_prior_moves_the_filters_words(tiny_store, mapper, space, shape
     filters = [COLOUR_FILTERS[c] for c in ("red", "green", "blue")]
 
     def firsts(weight):
-        prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, weight=weight, show_progress=False)
+        prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", weight=weight, show_progress=False)
         explained = FilterExplainer(tiny_store, scrambled, space, "concepts", ExplainSettings(calibrated=False),
                                     prior=prior).explain(filters)
         return explained[explained["rank"] == 1]["word"].tolist()
@@ -100,7 +101,7 @@ def test_a_strong_prior_moves_the_filters_words(tiny_store, mapper, space, shape
 
 def test_calibration_records_its_prior_and_explainers_check_it(tiny_store, mapper, space, shapes, classifier,
                                                                tmp_path):
-    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False)
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", show_progress=False)
     grid = CalibrationSettings(gammas=[0.0, 0.1, 0.2])
     settings = ExplainSettings(p=6)
     record = GammaCalibration(tiny_store, mapper, space, settings, calibration=grid, prior=prior).fit()
@@ -131,10 +132,10 @@ def test_bad_settings_are_reported(tiny_store, mapper, space, shapes, classifier
     with pytest.raises(ValueError, match="source must be one of"):
         ClassPrior(classifier, shapes, space, class_names=COLOURS, source="crop")
     with pytest.raises(ValueError, match="top must be between 1 and 4"):
-        ClassPrior(classifier, shapes, space, class_names=COLOURS, top=50)
+        ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", top=50)
     raw = ExplainSettings(calibrated=False)
     pairs = FilterExplainer(tiny_store, mapper, space, "concepts", raw).pairs().iloc[:4]
-    wrong = ClassPrior(classifier, shapes, space, class_names=COLOURS + ["purple"], show_progress=False)
+    wrong = ClassPrior(classifier, shapes, space, class_names=COLOURS + ["purple"], source="region", show_progress=False)
     store = copy.copy(tiny_store)
     with pytest.raises(ValueError, match="4 outputs but 5 class names"):
         wrong.predictions(store, pairs)
@@ -161,7 +162,7 @@ def test_a_finished_prior_cache_is_read_without_writing(tiny_store, mapper, spac
     store = copy.copy(tiny_store)
     store.path = tmp_path / "store"
     store.path.mkdir()
-    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False)
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", show_progress=False)
     first = prior.predictions(store, pairs)
     import lavise_nb.prior as prior_module
 
@@ -171,17 +172,87 @@ def test_a_finished_prior_cache_is_read_without_writing(tiny_store, mapper, spac
     monkeypatch.setattr(prior_module, "_write", refuse)
     monkeypatch.setattr(prior_module.os, "access", lambda *args: False)
     before = classifier.module.calls
-    again = ClassPrior(classifier, shapes, space, class_names=COLOURS, show_progress=False).predictions(store, pairs)
+    again = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", show_progress=False).predictions(store, pairs)
     assert classifier.module.calls == before and again.equals(first)
 
 
 def test_region_words_say_what_the_classifier_sees_apart_from_the_filters_words(tiny_store, mapper, space, shapes,
                                                                                 classifier):
     pairs = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(calibrated=False)).pairs()
-    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, top=2, show_progress=False)
+    prior = ClassPrior(classifier, shapes, space, class_names=COLOURS, source="region", top=2, show_progress=False)
     seen = prior.region_words(tiny_store, pairs, top_words=2)
     assert list(seen.columns) == ["filter", "rank", "word", "votes", "support"]
     first = seen[seen["rank"] == 1].set_index("filter")["word"]
     for colour, f in COLOUR_FILTERS.items():
         assert first[f] == colour
     assert seen["support"].between(0, 1 + 1e-6).all() and (seen.groupby("filter").size() <= 2).all()
+
+
+class ColourShare(nn.Module):
+    """Logit of colour c = 20 x the share of map cells where colour detector c fires."""
+
+    def forward(self, x):
+        return 20 * (x[:, :len(COLOURS)] > 0).float().mean((2, 3))
+
+
+def colour_net() -> nn.Module:
+    """The planted colour detectors (as "features.0", ReLU "features.1") and a head that classifies by them."""
+    net = nn.Sequential()
+    net.add_module("features", nn.Sequential(planted_net().features[0], nn.ReLU()))
+    net.add_module("head", ColourShare())
+    return net
+
+
+@pytest.fixture(scope="module")
+def colour_store(tmp_path_factory, shapes):
+    from lavise_nb.store import ActivationStore, BuildSettings
+    model = wrap_model(colour_net(), shapes.preprocess, "colour-net")
+    store = ActivationStore.build(model, "features.1", shapes, tmp_path_factory.mktemp("colour"),
+                                  BuildSettings(batch_size=32, num_workers=0), show_progress=False)
+    return model, store
+
+
+def test_feature_prior_classifies_each_region_from_the_stored_maps(colour_store, space, shapes):
+    model, store = colour_store
+    red = COLOUR_FILTERS["red"]
+    images = store.top_indices(12)[red]
+    pairs = pd.DataFrame({"filter": red, "image": images})
+    counted = []
+    model.downstream("features.1")                  # traced first: tracing runs hooks on placeholders
+    handle = model.module.features.register_forward_hook(lambda *args: counted.append(1))
+    try:
+        features = ClassPrior(model, shapes, space, class_names=COLOURS, top=2, show_progress=False)
+        top = features.predictions(store, pairs).query("rank == 1")
+    finally:
+        handle.remove()
+    assert features.source == "features" and not counted  # no image went through the layers before
+    whole = ClassPrior(model, shapes, space, class_names=COLOURS, top=2, source="image", show_progress=False)
+    top_image = whole.predictions(store, pairs).query("rank == 1")
+    hits, image_hits = (top["label"] == "red").mean(), (top_image["label"] == "red").mean()
+    assert hits == 1 and hits > image_hits + 0.1   # the region's box, not the whole image
+    crops = ClassPrior(model, shapes, space, class_names=COLOURS, top=2, source="region", show_progress=False)
+    top_crop = crops.predictions(store, pairs).query("rank == 1")
+    assert (top["label"].to_numpy() == top_crop["label"].to_numpy()).all()
+
+
+class AroundTheLayer(nn.Module):
+    """A skip connection around "inner": the rest of the network also reads the layer's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return 20 * (self.inner(x) + x.mean(1, keepdim=True)).mean((2, 3))
+
+
+def test_feature_prior_names_the_fix_when_the_network_cannot_be_split(space, shapes, tmp_path):
+    from lavise_nb.store import ActivationStore, BuildSettings
+    model = wrap_model(AroundTheLayer(), shapes.preprocess, "skip")
+    store = ActivationStore.build(model, "inner", shapes, tmp_path, BuildSettings(batch_size=64, num_workers=0),
+                                  show_progress=False)
+    pairs = pd.DataFrame({"filter": [0, 1], "image": [0, 1]})
+    with pytest.raises(ValueError, match=r"skip connection.*source='region'"):
+        ClassPrior(model, shapes, space, class_names=COLOURS, show_progress=False).predictions(store, pairs)
+    crops = ClassPrior(model, shapes, space, class_names=COLOURS, source="region", show_progress=False)
+    assert len(crops.predictions(store, pairs)) == 2 * crops.top

@@ -116,6 +116,7 @@ def test_interrupted_build_resumes_and_equals_a_full_build(tmp_path, tiny_model)
     full = ActivationStore.build(tiny_model, "features.4", data, tmp_path / "b", settings, show_progress=False)
     np.testing.assert_array_equal(np.asarray(resumed.activations), np.asarray(full.activations))
     np.testing.assert_array_equal(resumed.thresholds, full.thresholds)
+    np.testing.assert_array_equal(np.asarray(resumed.logits), np.asarray(full.logits))
     assert resumed.objects.equals(full.objects)
 
 
@@ -132,6 +133,11 @@ def test_bad_image_is_recorded_not_fatal(tmp_path, tiny_model):
     assert store.index.loc[2, "error"]
     assert np.isneginf(np.asarray(store.maxima)[2]).all()
     assert 2 not in store.top_indices(p=4)[RED_FILTER]
+    logits = np.asarray(store.logits)
+    assert np.isnan(logits[2]).all() and np.isfinite(np.delete(logits, 2, axis=0)).all()
+    from lavise_nb.labels import model_labels
+    labels = model_labels(tiny_model, data, top=2, min_probability=0.0, class_names=list("abcd"), store=store)
+    assert sorted(labels["image"].unique()) == [0, 1, 3, 4]      # the unreadable image has no label
 
 
 def test_activation_map_upsamples_to_image_size(tiny_store):
@@ -225,3 +231,30 @@ def test_build_refuses_a_dataset_preprocessed_for_another_model(tmp_path, shapes
     store = ActivationStore.build(model, "features.1", letterboxed, tmp_path, BuildSettings(num_workers=0),
                                   show_progress=False)
     assert store.manifest["key"]["preprocess"]["mode"] == "letterbox"
+
+
+def test_the_build_keeps_the_models_logits_from_the_same_pass(tiny_store, tiny_model, shapes, tmp_path):
+    from lavise_nb.labels import model_labels
+    images = torch.stack([shapes[i]["image"] for i in range(8)])
+    with torch.no_grad():
+        direct = tiny_model.module(images)
+    assert tiny_store.manifest["files"]["logits.npy"]["shape"] == [len(shapes), 4]
+    np.testing.assert_allclose(np.asarray(tiny_store.logits[:8]), direct.numpy(), atol=1e-5)
+    names = ["w", "x", "y", "z"]
+    stored = model_labels(tiny_model, shapes, top=2, min_probability=0.1, class_names=names, store=tiny_store)
+    passed = model_labels(tiny_model, shapes, top=2, min_probability=0.1, class_names=names, show_progress=False)
+    assert stored[["image", "label"]].equals(passed[["image", "label"]]) and len(stored) > len(shapes)
+    np.testing.assert_allclose(stored["probability"], passed["probability"], atol=1e-6)
+    with pytest.raises(ValueError, match="3 class names"):
+        model_labels(tiny_model, shapes, class_names=names[:3], store=tiny_store)
+    other = ShapesWorld(40, seed=9)
+    with pytest.raises(ValueError, match="pass the store built from this model and dataset"):
+        model_labels(tiny_model, other, class_names=names, store=tiny_store)
+    bare = ActivationStore.build(tiny_model, "features.1", shapes, tmp_path, BuildSettings(
+        batch_size=32, num_workers=0, logits=False), show_progress=False)
+    assert bare.logits is None and not (bare.path / "logits.npy").exists()
+    again = model_labels(tiny_model, shapes, top=2, min_probability=0.1, class_names=names, store=bare,
+                         show_progress=False)                           # no logits: a pass over the images
+    assert again.equals(passed)
+    with pytest.raises(ValueError, match="logits must be True or False"):
+        BuildSettings(logits=1)

@@ -56,6 +56,8 @@ def test_merged_store_equals_a_single_build(single, merged):
     assert isinstance(merged.activations, ConcatRows)
     np.testing.assert_array_equal(np.asarray(merged.activations), np.asarray(single.activations))
     np.testing.assert_array_equal(np.asarray(merged.maxima), np.asarray(single.maxima))
+    assert single.logits is not None and single.logits.shape == (single.shape[0], 4)
+    np.testing.assert_array_equal(np.asarray(merged.logits), np.asarray(single.logits))
     np.testing.assert_array_equal(merged.thresholds, single.thresholds)
     assert merged.objects.equals(single.objects)
     assert merged.index.equals(single.index)

@@ -63,6 +63,10 @@ class BuildSettings:
         Threshold quantile, in (0, 1); 0.995 gives P(a_u > T_u) = 0.005 as Network Dissection.
     amp : bool
         Autocast extraction to float16 on cuda.
+    logits : bool
+        Also run the layers after ``layer`` and keep the network's (N, K) output
+        (``logits.npy``), from the same forward pass, when it is a (B, K) tensor: the
+        weak labels come from it without a second pass over the images.
 
     Raises
     ------
@@ -75,6 +79,7 @@ class BuildSettings:
     dtype: str = "float16"
     quantile: float = 0.995
     amp: bool = False
+    logits: bool = True
 
     def __post_init__(self):
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -87,8 +92,9 @@ class BuildSettings:
         q = self.quantile
         if not isinstance(q, numbers.Real) or isinstance(q, bool) or not 0 < q < 1:
             raise ValueError(f"quantile must be a number in (0, 1), e.g. 0.995; not {q!r}")
-        if not isinstance(self.amp, bool):
-            raise ValueError(f"amp must be True or False, not {self.amp!r}")
+        for name in ("amp", "logits"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "quantile", float(q))
 
@@ -212,9 +218,9 @@ def _complete_store(path: Path, key: dict, shard: dict | None) -> Path:
 class _StoreBuild:
     """The writing steps of one build into ``path``, run by :func:`build_store`.
 
-    ``acts`` ((n, C, h, w)) and ``maxima`` ((n, C) float32) are :class:`RowWriter` objects
-    once the first batch (or a resumed build) gives their shape; ``histogram`` is the
-    :class:`TailHistogram` of a float16 store.
+    ``acts`` ((n, C, h, w)), ``maxima`` ((n, C) float32) and ``logits`` ((n, K) float32, or
+    None) are :class:`RowWriter` objects once the first batch (or a resumed build) gives
+    their shape; ``histogram`` is the :class:`TailHistogram` of a float16 store.
     """
 
     def __init__(self, model, layer, dataset, path: Path, key: dict, shard: dict | None,
@@ -226,7 +232,7 @@ class _StoreBuild:
         self.dtype, self.quantile = settings.dtype, settings.quantile
         self.parts = path / "parts"
         self.state_file = path / "building.json"
-        self.acts = self.maxima = self.histogram = None
+        self.acts = self.maxima = self.logits = self.histogram = None
 
     def run(self, max_batches: int | None) -> None:
         """Write (or resume) every batch, then the store's other files and its manifest."""
@@ -268,12 +274,18 @@ class _StoreBuild:
             pin_memory=self.device.type == "cuda", worker_init_fn=EndWithParent() if workers else None,
         )
 
-    def open_outputs(self, shape=None, done: int = 0, floors=None) -> None:
-        """Create the outputs for (C, h, w) maps, or with ``shape=None`` reopen a resumed build's."""
+    def open_outputs(self, shape=None, done: int = 0, floors=None, classes: int | None = None) -> None:
+        """Create the outputs for (C, h, w) maps and ``classes`` logits (None: none kept), or with
+        ``shape=None`` reopen a resumed build's."""
         n = self.stop - self.start
         if shape is None:
             self.acts = RowWriter(self.path / "activations.npy")
             self.maxima = RowWriter(self.path / "maxima.npy")
+            if (self.path / "logits.npy").is_file():    # all rows or none: resumed without logits, drop them
+                if self.settings.logits:
+                    self.logits = RowWriter(self.path / "logits.npy")
+                else:
+                    (self.path / "logits.npy").unlink()
             if self.dtype == "float16":
                 self.histogram = resume_histogram(self.path, done, self.acts.shape[1], floors, self.device,
                                                   self.quantile)
@@ -281,11 +293,13 @@ class _StoreBuild:
         c, h, w = shape
         self.acts = RowWriter(self.path / "activations.npy", (n, c, h, w), self.dtype)
         self.maxima = RowWriter(self.path / "maxima.npy", (n, c), np.float32)
+        if classes is not None:
+            self.logits = RowWriter(self.path / "logits.npy", (n, classes), np.float32)
         if self.dtype == "float16":
             self.histogram = TailHistogram(c, self.device)
 
     def close_outputs(self) -> None:
-        for writer in (self.acts, self.maxima):
+        for writer in (self.acts, self.maxima, self.logits):
             if writer is not None:
                 writer.close()
 
@@ -300,7 +314,7 @@ class _StoreBuild:
         bar = progress(total=self.stop - self.start, initial=done, enabled=self.show_progress,
                        desc=f"store {self.model.name}:{self.layer}")
         try:
-            with LayerProbe(self.model, self.layer) as probe:
+            with LayerProbe(self.model, self.layer, stop=not self.settings.logits) as probe:
                 for batch in loader:
                     if max_batches is not None and batch_no >= max_batches:
                         break
@@ -322,10 +336,11 @@ class _StoreBuild:
         images = batch["images"].to(self.device, non_blocking=True)
         amp = self.settings.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-            features = probe(images)
+            features, output = probe.outputs(images)
         features = features.float()
+        logits = output.float() if torch.is_tensor(output) and output.dim() == 2 else None
         if self.acts is None:
-            self.open_outputs(features.shape[1:])
+            self.open_outputs(features.shape[1:], classes=None if logits is None else logits.shape[1])
         index = batch["index"].numpy() - self.start
         lo, hi = int(index[0]), int(index[-1]) + 1
         bad = torch.tensor([e is not None for e in batch["errors"]], device=self.device)
@@ -340,6 +355,10 @@ class _StoreBuild:
             self.histogram.add(stored, self.quantile, cells)
         self.acts.write(lo, stored.cpu().numpy())
         self.maxima.write(lo, batch_max.cpu().numpy())
+        if self.logits is not None and logits is not None:
+            if bad.any():
+                logits[bad] = torch.nan
+            self.logits.write(lo, logits.cpu().numpy())
         write_part(self.parts / f"{batch_no:06d}.npz", batch["part"])
         return lo, hi
 

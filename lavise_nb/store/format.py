@@ -14,6 +14,9 @@ A store is a directory::
     histogram.npz          float16 stores: the per-filter tail histogram the thresholds come from
     valid_cells.npy        (N, h, w) bool, the map cells that show the image (not letterbox padding),
                            the cells thresholds are taken over (stores built before it: every cell)
+    logits.npy             (N, K) float32, the network's own output from the same forward pass (NaN rows
+                           for unreadable images); absent when the output is not a (B, K) tensor, or
+                           built with ``BuildSettings(logits=False)`` or before it existed
 
 The manifest also lists each of these files (``files``): its size in bytes, a BLAKE2b
 checksum and, for ``.npy`` files, shape and dtype; :mod:`lavise_nb.store.integrity`
@@ -26,7 +29,7 @@ complete store. Beside the folder, ``<folder>.lock`` keeps two builds (or merges
 one store apart (:mod:`lavise_nb.store.locks`).
 
 A merged store (:func:`lavise_nb.store.merge.merge_shards`) holds the index, objects,
-maxima and thresholds over all shards; its manifest lists the shard folders
+maxima, logits and thresholds over all shards; its manifest lists the shard folders
 (``shards``, ``shard_ranges``), which keep the activations and masks.
 """
 from __future__ import annotations
@@ -48,8 +51,8 @@ __all__ = ["FORMAT", "LEFTOVERS", "MERGED_FILES", "STORE_FILES", "folder_name", 
 
 FORMAT = 1
 STORE_FILES = ("activations.npy", "maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet",
-               "object_masks.npy", "object_masks_small.npy", "histogram.npz", "valid_cells.npy")
-MERGED_FILES = ("maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet")
+               "object_masks.npy", "object_masks_small.npy", "histogram.npz", "valid_cells.npy", "logits.npy")
+MERGED_FILES = ("maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet", "logits.npy")
 LEFTOVERS = ("building.json", "parts", "manifest.json.tmp", "building.json.tmp", "histogram.tmp.npz")
 
 

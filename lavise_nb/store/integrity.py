@@ -94,7 +94,7 @@ def read_manifest(folder: Path) -> dict:
 def expected_arrays(manifest: dict) -> dict:
     """Name -> (shape, dtype) that each ``.npy`` file must have by the manifest's fields (None: any)."""
     n, c, h, w = manifest["shape"]
-    arrays = {"maxima.npy": ((n, c), None), "thresholds.npy": ((c,), None)}
+    arrays = {"maxima.npy": ((n, c), None), "thresholds.npy": ((c,), None), "logits.npy": ((n, None), None)}
     if not manifest.get("shards"):
         k = manifest["n_objects"]
         arrays.update({"activations.npy": ((n, c, h, w), np.dtype(manifest["dtype"])),
@@ -117,7 +117,7 @@ def check_files(folder: Path, manifest: dict) -> None:
     files = manifest.get("files") or {}
     arrays = expected_arrays(manifest)
     names = list(files) or [n for n in (MERGED_FILES if merged else STORE_FILES)
-                            if n not in ("histogram.npz", "valid_cells.npy")]
+                            if n not in ("histogram.npz", "valid_cells.npy", "logits.npy")]
     for name in names:
         file = folder / name
         if not file.is_file():

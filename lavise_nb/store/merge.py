@@ -74,6 +74,15 @@ def _write_merge(stores: list[ActivationStore], out: Path, contents: dict) -> No
             writer.write(int(off), np.asarray(s.maxima))
     finally:
         writer.close()
+    if all(s.logits is not None for s in stores):
+        writer = RowWriter(out / "logits.npy", (n, stores[0].logits.shape[1]), np.float32)
+        try:
+            for s, off in zip(stores, image_offsets):
+                writer.write(int(off), np.asarray(s.logits))
+        finally:
+            writer.close()
+    else:
+        (out / "logits.npy").unlink(missing_ok=True)
     index.to_parquet(out / "index.parquet", index=False)
     objects.to_parquet(out / "objects.parquet", index=False)
 

@@ -122,6 +122,9 @@ class ActivationStore:
         memory maps for a merged store).
     maxima : numpy.ndarray
         (N, C) float32 max over space per image and filter.
+    logits : numpy.ndarray or None
+        (N, K) float32, memory-mapped: the network's output for each image from the build's
+        forward pass (NaN rows for unreadable images); None when the store has none.
     thresholds : numpy.ndarray
         (C,) float32, T_u with P(a_u > T_u) = 1 - quantile over all spatial positions.
     index : pandas.DataFrame
@@ -161,6 +164,8 @@ class ActivationStore:
             self.packed_masks_small = np.load(self.path / "object_masks_small.npy", mmap_mode="r")
             self.shard_paths = None
         self.maxima = np.load(self.path / "maxima.npy", mmap_mode="r")
+        listed = "logits.npy" in self.manifest.get("files", {})
+        self.logits = np.load(self.path / "logits.npy", mmap_mode="r") if listed else None
         self.thresholds = np.load(self.path / "thresholds.npy")
         self.index = self._table("index.parquet", int(self.manifest["shape"][0]))
         self.objects = self._table("objects.parquet", int(self.manifest["n_objects"]))
