@@ -25,10 +25,12 @@ Ideas, each measured alone (`--ideas` picks a subset):
     hypernyms       extra positives: WordNet hypernyms (first sense, 1-3 levels up) of each seen concept's masks,
                     passed as region weak labels (weight 0.5); the trainer drops any label sharing a token with an
                     annotated concept, so no held-out word is taught
-    vocab_negatives 1000 random concrete nouns added as negative-only labels of the hinge loss (nouns sharing a
+    vocab_negatives[:n[:seed]] n (default 1000) random concrete nouns added as negative-only labels of the hinge loss (nouns sharing a
                     token with an annotated concept left out, as the trainer does for weak labels)
     fewer_seen:f    the seen-concept count's effect, measured the only way open here (no more concepts exist):
                     train on a random share f of the seen concepts; a drop says more concepts would help
+    seed:s          the baseline retrained with another seed (initialisation, batch order, validation split): the
+                    noise level of every other row
     mask_level:h    diagnostic, not an idea: with head h (default the baseline), the median rank of the true word
                     among the candidates for the held-out concepts' own masks (mask-pooled, as in training)
     ridge           the mapping's form: a linear ridge map from standardised pooled features to the mean positive
@@ -66,7 +68,7 @@ from lavise_nb.detectors import plant, planted_ranks  # noqa: E402
 from lavise_nb.words.wordnet import fetch_wordnet, parse_wordnet_nouns  # noqa: E402
 
 RANKING = ("baseline", "calibrated", "no_seen", "csls10", "csls50", "isoftmax", "center", "glove_part", "minilm_part", "conse")
-RETRAINED = ("hypernyms", "vocab_negatives", "ridge", "reverse_ridge", "fewer_seen", "mask_level")
+RETRAINED = ("hypernyms", "vocab_negatives", "ridge", "reverse_ridge", "fewer_seen", "mask_level", "seed")
 GLOVE_DIM = 50
 
 
@@ -380,6 +382,14 @@ def main() -> None:
                                            lambda: calibrator.fit(inner))
             measure(idea, explainer_for(mapper.calibrated(record), settings=dataclasses.replace(settings, calibrated=True)),
                     time.time() - started, f"filter_gamma={record.gammas[1]}")
+        elif idea.startswith("seed"):
+            seed = int(idea.split(":")[1]) if ":" in idea else 1
+            seed_config = dataclasses.replace(config, seed=seed)
+            m = pb.cached_mapper(cache / f"mapper_{tag}_seed{seed}.pt", store, space,
+                                 ExplainerTrainer(store, space, seed_config, weak_labels=labels,
+                                                  show_progress=False).fit)
+            mappers[idea] = m
+            measure(idea, explainer_for(m), time.time() - started, f"training seed {seed}")
         elif idea.startswith("fewer_seen"):
             share = float(idea.split(":")[1]) if ":" in idea else 0.5
             rng = np.random.default_rng(1)
@@ -443,13 +453,16 @@ def main() -> None:
             m = pb.cached_mapper(cache / f"mapper_{tag}_hypernyms{suffix}.pt", store, space, hyper.fit)
             measure(idea, explainer_for(m), time.time() - started, note)
         elif idea.startswith("vocab_negatives"):
-            n_neg = int(idea.split(":")[1]) if ":" in idea else 1000
+            parts = idea.split(":")
+            n_neg = int(parts[1]) if len(parts) > 1 else 1000
+            train_seed = int(parts[2]) if len(parts) > 2 else 0
             rng = np.random.default_rng(0)
             negatives = sorted(rng.choice(nouns.words, size=min(n_neg, len(nouns.words)), replace=False).tolist())
             held = sorted(set(negatives) & set(concepts))
-            trainer_n = NegativesTrainer(store, space, config, weak_labels=labels, negatives=negatives,
-                                         show_progress=False)
-            m = pb.cached_mapper(cache / f"mapper_{tag}_negatives{n_neg}.pt", store, space, trainer_n.fit)
+            trainer_n = NegativesTrainer(store, space, dataclasses.replace(config, seed=train_seed),
+                                         weak_labels=labels, negatives=negatives, show_progress=False)
+            name = f"mapper_{tag}_negatives{n_neg}{'' if train_seed == 0 else f'_seed{train_seed}'}.pt"
+            m = pb.cached_mapper(cache / name, store, space, trainer_n.fit)
             mappers[idea] = m
             measure(idea, explainer_for(m), time.time() - started,
                     f"{len(trainer_n.weak_names)} random nouns as negatives (planted words drawn: {held or 'none'})")
