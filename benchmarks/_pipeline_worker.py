@@ -84,8 +84,8 @@ def main() -> None:
     ref = Reference(spec, model, dataset, store, space)
 
     # cell 12: weak labels and training
-    labels = stages.run("weak labels (model_labels)", "01", lambda: model_labels(
-        model, dataset, top=3, min_probability=0.05, device=spec.device, show_progress=False))
+    labels = stages.run("weak labels (model_labels from the store's logits)", "01", lambda: model_labels(
+        model, dataset, top=3, min_probability=0.05, store=store, device=spec.device, show_progress=False))
     config = TrainingConfig(seen_fraction=0.7, seed=spec.seed, max_epochs=300)
     mapper = stages.run("training", "01", lambda: ExplainerTrainer(
         store, space, config, weak_labels=labels, device=spec.device, show_progress=False).fit())
@@ -94,7 +94,7 @@ def main() -> None:
     explain_settings = ExplainSettings(p=25)
     prior = ClassPrior(model, dataset, space, device=spec.device, show_progress=False)
     pairs = FilterExplainer(store, mapper, space, "concepts", explain_settings).pairs()
-    stages.run("class prior (crops)", "01", lambda: prior.predictions(store, pairs))
+    stages.run(f"class prior (source={prior.source})", "01", lambda: prior.predictions(store, pairs))
 
     def calibrate():
         grid = CalibrationSettings(seed=spec.seed, gammas=[round(0.02 * i, 2) for i in range(26)])

@@ -30,6 +30,8 @@ from lavise_nb.labels import model_labels
 from lavise_nb.probe import load_model, recalibrate_batchnorm
 from lavise_nb.store import ActivationStore
 
+DEFAULT = "lavise (notebook defaults: nouns, weak labels, prior from the stored maps, calibrated)"
+CROPS = "lavise, prior from image crops (source='region')"
 SCORES = [("held_out", "auc"), ("held_out", "auprc"), ("held_out", "correlation"), ("held_out", "pixel_auprc"),
           ("probe", "auc"), ("probe", "mad")]
 
@@ -129,15 +131,19 @@ def main() -> None:
     ref = Reference.load(spec, show_progress=False)
     held_out = ref.held_out(show_progress=False)
     nouns = ref.vocabulary("nouns")
-    labels = functools.cache(lambda: model_labels(ref.model, ref.dataset, top=3, min_probability=0.05,
+    store = ref.store
+    labels = functools.cache(lambda: model_labels(ref.model, ref.dataset, top=3, min_probability=0.05, store=store,
                                                  show_progress=False))
     prior = ClassPrior(ref.model, ref.dataset, ref.space, show_progress=False)
-    store = ref.store
+    crop_prior = ClassPrior(ref.model, ref.dataset, ref.space, source="region", show_progress=False)
     words = out / "first_words"
     trained = functools.cache(lambda: lavise_mapper(ref, labels(), args.seed))  # only when a table is not cached
     methods = {
-        "lavise (notebook defaults: nouns, weak labels, prior, calibrated)": ("trained", cached(
+        DEFAULT: ("trained", cached(
             words / "lavise_prior.csv", lambda: lavise_words(ref, trained(), labels(), prior, nouns, args.seed))),
+        CROPS: ("trained", cached(
+            words / "lavise_crop_prior.csv", lambda: lavise_words(ref, trained(), labels(), crop_prior, nouns,
+                                                                  args.seed))),
         "lavise without the class prior": ("trained", cached(
             words / "lavise.csv", lambda: lavise_words(ref, trained(), labels(), None, nouns, args.seed))),
         "lavise, annotated concepts only, no prior": ("trained", cached(
@@ -165,7 +171,8 @@ def main() -> None:
     lines = [f"# Faithfulness of each method's first word ({args.n_images} reference scenes, {spec.layer})", "",
              "Medians over the filters whose word could be tested; coverage beside each score.", "",
              summary.round(3).to_markdown(index=False), "",
-             head_to_head(pairs, "lavise (notebook defaults: nouns, weak labels, prior, calibrated)", "netdissect"),
+             head_to_head(pairs, DEFAULT, "netdissect"),
+             head_to_head(pairs, DEFAULT, CROPS),
              head_to_head(pairs, "lavise without the class prior", "netdissect"),
              head_to_head(pairs, "lavise, annotated concepts only, no prior", "netdissect"),
              head_to_head(pairs, "lavise without the class prior", "netdissect", "held_out_auc"), "",

@@ -118,7 +118,7 @@ def cached_weak_labels(model, dataset, store, cache: Path, device) -> pd.DataFra
     path = cache / f"weak_labels_{store.path.name}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
-    labels = model_labels(model, dataset, top=3, min_probability=0.05, device=device, show_progress=False)
+    labels = model_labels(model, dataset, top=3, min_probability=0.05, store=store, device=device, show_progress=False)
     labels.to_parquet(path, index=False)
     return labels
 
@@ -279,7 +279,7 @@ def main() -> None:
     print(probe_table.to_string(), flush=True)
 
     started = time.time()
-    labels = None if args.no_weak_labels else cached_weak_labels(ref.model, ref.dataset, store, cache, args.device)
+    labels = None if args.no_weak_labels else cached_weak_labels(planted.model, ref.dataset, store, cache, args.device)
     clock("weak labels", started)
     others = [c for c in store.concepts if c not in concepts]
     priors = {label: ClassPrior(planted.model, ref.dataset, space, device=args.device, show_progress=False)

@@ -181,7 +181,7 @@ def main() -> None:
             calibrations=(True,), baselines=False)
 
     # GloVe with weak labels: the model's own ImageNet predictions (notebook 01 trains with them by default)
-    labels = model_labels(model, dataset, top=3, min_probability=0.05)
+    labels = model_labels(model, dataset, top=3, min_probability=0.05, store=default_store)
     run(default_store, "weak_labels", model, methods=DEFAULT_METHODS, baselines=False, weak_labels=labels)
     for s in (5, 2):  # the paper's voting: each image votes for its s best words
         run(default_store, f"weak_labels_top_s{s}", model, methods=DEFAULT_METHODS, calibrations=(True,),

@@ -70,7 +70,7 @@ def test_training_notebook_writes_the_mapper_and_history(ran):
     assert settings["n_images"] == 200 and settings["layer"] == "_blocks.15" and settings["class_prior"]
     checkpoint = torch.load(train / "mapper.pt", weights_only=True)
     calibration = checkpoint["calibration"]
-    assert calibration["prior"]["source"] == "region" and calibration["prior"]["top"] == 10
+    assert calibration["prior"]["source"] == "features" and calibration["prior"]["top"] == 10
     assert calibration["settings"]["p"] == 5 and calibration["vocabulary"] == "concrete-nouns"
     assert settings["word_space"] == "glove-6b-50d+minilm"
     assert checkpoint["space_id"].startswith("glove-6b-50d+minilm-434d-") and checkpoint["dim"] == 50 + 384
@@ -112,7 +112,7 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     pictures = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
     assert pictures >= 3 + 1 + 1  # static browser cards, look-up bars, recall bars
     printed = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
-    assert "class prior: ClassPrior(efficientnet-lite0, source='region', top=10" in printed
+    assert "class prior: ClassPrior(efficientnet-lite0, source='features', top=10" in printed
     assert "run GammaCalibration" not in printed  # the gamma of notebook 01 was tuned with the same prior
 
 
