@@ -67,6 +67,8 @@ def main() -> None:
     sampler.start()
     from lavise_nb import (ActivationStore, CalibrationSettings, ExplainerTrainer, ExplainSettings, FilterExplainer,
                            GammaCalibration, TrainingConfig, load_word_space)
+    from lavise_nb._utils.cache import cache_dir
+    from lavise_nb.mapper import memory_budget
     stages, facts = [], {}
 
     def run(name: str, step):
@@ -87,7 +89,10 @@ def main() -> None:
     config = TrainingConfig(seed=0, max_epochs=epochs)
     trainer = ExplainerTrainer(store, space, config, device="cpu", show_progress=False)
     pooled = run("train: pool masks", trainer.pooled)
-    facts.update(pooled_type=type(pooled).__name__, pooled_on_disk=str(getattr(pooled, "filename", "") or ""))
+    files = sorted((cache_dir("pooled")).glob("*.npy"))
+    facts.update(pooled_where="memory-mapped file" if files else "in memory",
+                 pooled_file_bytes=sum(f.stat().st_size for f in files), pooled_budget=memory_budget(),
+                 pooled_shape=list(pooled.shape))
     del pooled
     mapper = run("train: epochs", trainer.fit)
     settings = ExplainSettings(p=25)

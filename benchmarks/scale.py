@@ -123,8 +123,10 @@ def write_report(out: Path, result: dict) -> None:
         f"{s['calibrate_ratio']:.2f}",
         f"- ru_maxrss (file-backed pages included): {mib(small['ru_maxrss'])} / {mib(large['ru_maxrss'])} MiB "
         f"(ratio {s['ru_maxrss_ratio']:.2f}); peak RssFile {mib(small['peak_file'])} / {mib(large['peak_file'])} MiB",
-        f"- pooled training pairs: {small['facts']['pooled_type']} / {large['facts']['pooled_type']} "
-        f"({small['facts']['masks']:,} / {large['facts']['masks']:,} masks x {f['channels']} float32)",
+        f"- pooled training pairs ({small['facts']['masks']:,} / {large['facts']['masks']:,} masks x {f['channels']} "
+        f"float32, {small['facts']['masks'] * f['channels'] * 4 / 2 ** 20:,.0f} / "
+        f"{large['facts']['masks'] * f['channels'] * 4 / 2 ** 20:,.0f} MiB): {small['facts']['pooled_where']} / "
+        f"{large['facts']['pooled_where']} (budget {f['pooled_budget'] / 2 ** 20:,.0f} MiB)",
         f"- epochs run {small['facts']['epochs_run']} / {large['facts']['epochs_run']}; best seen top-1 "
         f"{small['facts']['seen_top1']:.2f} / {large['facts']['seen_top1']:.2f}; filters named "
         f"{small['facts']['filters_named']} / {large['facts']['filters_named']}",
