@@ -409,6 +409,8 @@ class ExplainerTrainer:
             rows = _Rows(pooled, self.weak_features(weak, pooled))
             weights = torch.cat([weights, torch.full((len(weak),), cfg.weak_weight)])
             train_rows = np.concatenate([train_rows, start + np.arange(len(weak))])
+        if self.device.type != "cpu" and rows.nbytes() <= memory_budget():
+            rows = rows.to(self.device)
         positives = _Labels(entries, len(weights), len(label_vectors))
         val_positives = positives.dense(val_rows).to(self.device)
 
@@ -471,13 +473,20 @@ class _Rows:
     def __init__(self, pooled: torch.Tensor, extra: torch.Tensor | None = None):
         self.pooled, self.extra = pooled, extra
 
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pooled, self.extra) if t is not None)
+
+    def to(self, device) -> "_Rows":
+        """The rows moved to ``device`` (in-memory pairs on a GPU: moved once, not per minibatch)."""
+        return _Rows(self.pooled.to(device), None if self.extra is None else self.extra.to(device))
+
     def take(self, rows) -> torch.Tensor:
         """(len(rows), C) features of ``rows``, in their order."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.as_tensor(rows, dtype=torch.long).to(self.pooled.device)
         inside = rows < len(self.pooled)
         if self.extra is None or bool(inside.all()):
             return self.pooled[rows]
-        out = torch.empty(len(rows), self.pooled.shape[1])
+        out = torch.empty(len(rows), self.pooled.shape[1], device=self.pooled.device)
         out[inside] = self.pooled[rows[inside]]
         out[~inside] = self.extra[rows[~inside] - len(self.pooled)]
         return out
