@@ -12,6 +12,7 @@ The public surface, one noun per module:
   ``CalibrationSettings``), frozen dataclasses changed with ``dataclasses.replace``
 - :mod:`~lavise_nb.regions`: a filter's region in an image (one rule for every module)
 - :mod:`~lavise_nb.labels`: the model's own predictions (ImageNet names, crops, weak labels)
+- :mod:`~lavise_nb.pooling`: features pooled under masks, the training pairs (memory-mapped when large)
 - :mod:`~lavise_nb.mapper`: ``ExplainerTrainer`` -> ``Mapper``
 - :mod:`~lavise_nb.explain`: ``FilterExplainer`` (one verb: ``explain``)
 - :mod:`~lavise_nb.calibration`: ``GammaCalibration`` -> ``Calibration`` (calibrated stacking)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .config import CalibrationSettings, ExplainSettings
-from .mapper import ExplainerTrainer, Mapper, mask_table, plain, pooled_masks
+from .mapper import EVAL_ROWS, ExplainerTrainer, Mapper, mask_features, mask_table, plain
 
 __all__ = ["GammaCalibration", "Calibration", "harmonic_mean", "vocabulary_name", "recall_at"]
 
@@ -224,10 +224,14 @@ class GammaCalibration:
             vocabulary=vocabulary_name(self.vocabulary) if filter_level else None)
 
     def _mask_level(self, mapper: Mapper, inner: list, held: list):
-        pairs = mask_table(self.store)
+        table = mask_table(self.store)
         candidates = sorted(self.mapper.seen)
-        pairs = pairs[pairs["concepts"].map(lambda c: any(x in candidates for x in c))].reset_index(drop=True)
-        vectors = mapper.embed(pooled_masks(self.store, pairs, mapper.config.pooling))
+        kept = np.flatnonzero(table["concepts"].map(lambda c: any(x in candidates for x in c)).to_numpy())
+        pairs = table.iloc[kept].reset_index(drop=True)
+        pooled = mask_features(self.store, table, mapper.config.pooling)
+        vectors = torch.cat([torch.zeros(0, mapper.head.net[-1].out_features)] + [
+            mapper.embed(pooled[torch.from_numpy(kept[start:start + EVAL_ROWS])])
+            for start in range(0, len(kept), EVAL_ROWS)])
         label_vectors = torch.from_numpy(np.asarray(self.space.embed(candidates).vectors, dtype=np.float32))
         scores = vectors @ label_vectors.T
         is_inner = torch.tensor([c in set(inner) for c in candidates], dtype=torch.float32)

@@ -1,7 +1,9 @@
 """The latent visual-semantic mapping: a small head from pooled CNN features to word vectors.
 
 :class:`ExplainerTrainer` trains it from an activation store (no CNN forward pass per
-epoch): every distinct mask of an image becomes one pooled feature vector, computed once.
+epoch): every distinct mask of an image becomes one pooled feature vector, computed once
+(:mod:`lavise_nb.pooling`; memory-mapped from a cached file when the pairs exceed
+:func:`~lavise_nb.pooling.memory_budget`, and trained from in minibatches).
 The result, a :class:`Mapper`, carries its concept split, the word-space id, the
 layer and the model fingerprint, and loads with ``weights_only=True``.
 """
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
+import os
 import pickle
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._utils.cache import cache_dir
 from ._utils.progress import progress
 from .config import TrainingConfig
+from .pooling import (POOLED_BUDGET, image_means, mask_features, mask_table, masked_mean, memory_budget,
+                      pool_features, pooled_file, pooled_masks)
 from .probe import resolve_device
 from .words.space import content_id
 
@@ -31,7 +37,9 @@ if TYPE_CHECKING:
     from .calibration import Calibration
 
 __all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "TrainingConfig", "pool_features", "mask_table",
-           "pooled_masks", "image_means", "masked_mean", "ranking_loss", "plain"]
+           "pooled_masks", "pooled_file", "mask_features", "memory_budget", "image_means", "masked_mean",
+           "ranking_loss", "plain", "POOLED_BUDGET", "EVAL_ROWS"]
+EVAL_ROWS = 8192            # rows the head embeds at once when it scores validation and zero-shot masks
 
 
 class ExplainerHead(nn.Module):
@@ -56,57 +64,6 @@ class ExplainerHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, d) pooled features -> (B, dim) unit-norm word-space vectors."""
         return F.normalize(self.net(pooled), dim=-1)
-
-
-def pool_features(features: torch.Tensor, masks: torch.Tensor, mode: str = "mass") -> torch.Tensor:
-    """Mask-weighted pooling of feature maps.
-
-    Parameters
-    ----------
-    features : torch.Tensor
-        (B, C, h, w).
-    masks : torch.Tensor
-        (B, h, w) weights in [0, 1] (masks area-averaged to the map size).
-    mode : {"mass", "mean"}
-        ``"mass"``: sum(F * M) / sum(M), the mean over the masked region;
-        ``"mean"``: the paper's GAP(F * M), the mean over the whole map.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, C).
-    """
-    weighted = torch.einsum("bchw,bhw->bc", features, masks)
-    if mode == "mass":
-        return weighted / masks.sum(dim=(1, 2)).clamp_min(1e-6)[:, None]
-    if mode == "mean":
-        return weighted / (masks.shape[1] * masks.shape[2])
-    raise ValueError(f"pooling must be 'mass' or 'mean', not {mode!r}")
-
-
-def mask_table(store) -> pd.DataFrame:
-    """One row per distinct mask of an image: the store's object masks with identical pixels grouped.
-
-    Two concepts annotated with exactly the same pixels ("red" and "circle" for one
-    shape) are one training mask with two positives. (A "pair" elsewhere in the
-    package is a (filter, image) pair of an explanation.)
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``mask``, ``image``, ``object`` (a representative object row),
-        ``concepts`` (tuple of names).
-    """
-    objects = store.objects
-    packed = np.asarray(store.packed_masks)
-    digests = [hashlib.blake2b(packed[i].tobytes(), digest_size=8).hexdigest() for i in range(len(objects))]
-    frame = objects.assign(digest=digests)
-    grouped = frame.groupby(["image", "digest"], sort=False).agg(
-        object=("object", "first"), concepts=("concept", lambda c: tuple(sorted(set(c)))))
-    table = grouped.reset_index().drop(columns="digest").sort_values("object", kind="stable")
-    table = table.reset_index(drop=True)
-    table.insert(0, "mask", np.arange(len(table)))
-    return table
 
 
 @dataclass
@@ -353,7 +310,8 @@ class ExplainerTrainer:
 
         ``pooled`` is :meth:`pooled`'s (n_masks, C).
         """
-        out = torch.zeros(len(weak), pooled.shape[1])
+        out = torch.zeros(len(weak), pooled.shape[1]) if len(weak) * pooled.shape[1] * 4 <= memory_budget() \
+            else _scratch((len(weak), pooled.shape[1]))
         by_object = np.array(weak["object"].notna()) if "object" in weak else np.zeros(len(weak), bool)
         if by_object.any():
             mask_of = pd.Series(self.masks["mask"].to_numpy(), index=self.masks["object"].to_numpy())
@@ -362,10 +320,15 @@ class ExplainerTrainer:
             if unknown:
                 raise ValueError(f"weak labels name objects that are not a mask's representative: {unknown[:5]}; "
                                  "make them with region_labels(model, store, dataset)")
-            out[torch.from_numpy(by_object)] = pooled[torch.tensor(mask_of[objects].to_numpy(), dtype=torch.long)]
+            targets, sources = np.flatnonzero(by_object), mask_of[objects].to_numpy().astype(np.int64)
+            for start in range(0, len(targets), EVAL_ROWS):
+                out[torch.from_numpy(targets[start:start + EVAL_ROWS])] = \
+                    pooled[torch.from_numpy(sources[start:start + EVAL_ROWS])]
         if (~by_object).any():
-            images = weak["image"].to_numpy()[~by_object]
-            out[torch.from_numpy(~by_object)] = image_means(self.store, images)
+            targets, images = np.flatnonzero(~by_object), weak["image"].to_numpy()[~by_object]
+            for start in range(0, len(targets), EVAL_ROWS):
+                out[torch.from_numpy(targets[start:start + EVAL_ROWS])] = \
+                    image_means(self.store, images[start:start + EVAL_ROWS])
         return out
 
     def _split(self) -> tuple[list, list]:
@@ -381,10 +344,14 @@ class ExplainerTrainer:
         return seen, sorted(set(self.concepts) - set(seen))
 
     def pooled(self) -> torch.Tensor:
-        """(n_masks, C) pooled features of every mask of :attr:`masks`, computed once from the store."""
+        """(n_masks, C) pooled features of every mask of :attr:`masks`, computed once from the store.
+
+        In memory up to :func:`memory_budget` bytes; above it a memory-mapped view of the
+        cached :func:`pooled_file` (another trainer on the same store reuses it), with the same values.
+        """
         if self._pooled is None:
-            self._pooled = pooled_masks(self.store, self.masks, self.config.pooling,
-                                        show_progress=self.show_progress)
+            self._pooled = mask_features(self.store, self.masks, self.config.pooling,
+                                         show_progress=self.show_progress)
         return self._pooled
 
     def _image_split(self) -> np.ndarray:
@@ -431,29 +398,26 @@ class ExplainerTrainer:
         seen_index = {c: i for i, c in enumerate(self.seen)}
         seen_vectors = self.concept_vectors[[self.concepts.index(c) for c in self.seen]]
         label_vectors = torch.cat([seen_vectors, self.weak_vectors]).to(self.device)
-        positives = torch.zeros(len(self.masks), len(label_vectors))
-        for row, names in enumerate(seen_targets):
-            for name in names:
-                positives[row, seen_index[name]] = 1.0
+        entries = [(row, seen_index[name]) for row, names in enumerate(seen_targets) for name in names]
         weights = torch.ones(len(self.masks))
+        rows = _Rows(pooled)
         if len(self.weak):
             weak = self.weak[~np.isin(self.weak["image"], self.masks["image"][val].unique())]
             weak_index = {c: len(self.seen) + i for i, c in enumerate(self.weak_names)}
-            weak_pos = torch.zeros(len(weak), len(label_vectors))
-            weak_pos[torch.arange(len(weak)), torch.tensor([weak_index[c] for c in weak["label"]])] = 1.0
             start = len(pooled)
-            pooled = torch.cat([pooled, self.weak_features(weak, pooled)])
-            positives = torch.cat([positives, weak_pos])
+            entries += [(start + i, weak_index[c]) for i, c in enumerate(weak["label"])]
+            rows = _Rows(pooled, self.weak_features(weak, pooled))
             weights = torch.cat([weights, torch.full((len(weak),), cfg.weak_weight)])
             train_rows = np.concatenate([train_rows, start + np.arange(len(weak))])
+        if self.device.type != "cpu" and rows.nbytes() <= memory_budget():
+            rows = rows.to(self.device)
+        positives = _Labels(entries, len(weights), len(label_vectors))
+        val_positives = positives.dense(val_rows).to(self.device)
 
         head = ExplainerHead(pooled.shape[1], self.concept_vectors.shape[1], cfg.dropout).to(self.device)
         optimiser = torch.optim.Adam(head.parameters(), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, patience=cfg.plateau_patience, factor=0.5)
-        x_all = pooled.to(self.device)
-        pos_all = positives.to(self.device)
-        w_all = weights.to(self.device)
-        best, best_loss, since_best, rows = None, math.inf, 0, []
+        best, best_loss, since_best, history = None, math.inf, 0, []
         generator = torch.Generator().manual_seed(cfg.seed)
         epochs = progress(range(cfg.max_epochs), enabled=self.show_progress, desc="train explainer")
         for epoch in epochs:
@@ -463,39 +427,38 @@ class ExplainerTrainer:
             for chunk in order.split(cfg.batch_size):
                 if len(chunk) < 2:
                     continue
-                loss = ranking_loss(head(x_all[chunk]), pos_all[chunk], label_vectors, cfg.margin, w_all[chunk])
+                loss = ranking_loss(head(rows.take(chunk).to(self.device)), positives.dense(chunk).to(self.device),
+                                    label_vectors, cfg.margin, weights[chunk].to(self.device))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(chunk)
             head.eval()
+            val_vectors, zs_vectors = rows.embed(head, val_rows, self.device), rows.embed(head, zs_rows, self.device)
             with torch.no_grad():
-                val_loss = ranking_loss(head(x_all[val_rows]), pos_all[val_rows], label_vectors, cfg.margin).item() \
-                    if len(val_rows) else total / len(train_rows)
+                val_loss = ranking_loss(val_vectors.to(self.device), val_positives, label_vectors,
+                                        cfg.margin).item() if len(val_rows) else total / len(train_rows)
             scheduler.step(val_loss)
-            row = self._epoch_row(epoch, total / len(train_rows), val_loss, head, x_all, val_rows, zs_rows,
+            row = self._epoch_row(epoch, total / len(train_rows), val_loss, val_vectors, zs_vectors, val_rows, zs_rows,
                                   seen_targets, unseen_targets, optimiser)
-            rows.append(row)
+            history.append(row)
             if val_loss < best_loss - 1e-5:
                 best, best_loss, since_best = copy.deepcopy(head.state_dict()), val_loss, 0
             else:
                 since_best += 1
             if callback is not None:
-                callback(pd.DataFrame(rows))
+                callback(pd.DataFrame(history))
             if since_best >= cfg.patience:
                 break
         head.load_state_dict(best)
         head.eval()
-        history = pd.DataFrame(rows)
+        history = pd.DataFrame(history)
         history["best"] = history["val_loss"] == history["val_loss"].min()
         return Mapper(head.cpu(), self.concepts, self.seen, self.unseen, self.space.space_id,
                       self.store.layer, self.store.manifest["key"]["model"], cfg, history)
 
-    def _epoch_row(self, epoch, train_loss, val_loss, head, x_all, val_rows, zs_rows, seen_targets,
+    def _epoch_row(self, epoch, train_loss, val_loss, val_vectors, zs_vectors, val_rows, zs_rows, seen_targets,
                    unseen_targets, optimiser) -> dict:
-        with torch.no_grad():
-            val_vectors = head(x_all[val_rows]).cpu() if len(val_rows) else torch.zeros(0, 1)
-            zs_vectors = head(x_all[zs_rows]).cpu() if len(zs_rows) else torch.zeros(0, 1)
         seen_vecs = self.concept_vectors[[self.concepts.index(c) for c in self.seen]]
         top1, top5 = _rank_metrics(val_vectors, [seen_targets[i] for i in val_rows], seen_vecs, self.seen)
         zs1, zs5 = _rank_metrics(zs_vectors, [unseen_targets[i] for i in zs_rows], self.concept_vectors,
@@ -504,33 +467,66 @@ class ExplainerTrainer:
                     unseen_top1=zs1, unseen_top5=zs5, lr=optimiser.param_groups[0]["lr"])
 
 
-def masked_mean(flat: torch.Tensor, cells) -> torch.Tensor:
-    """Mean of (n, C, s) maps over the cells marked True in ``cells`` (n, h, w) with h * w = s; (n, C)."""
-    cells = np.asarray(cells, dtype=bool).reshape(len(flat), -1)
-    if cells.all():
-        return flat.mean(2)
-    weights = torch.from_numpy(cells.astype(np.float32)).to(flat.device)[:, None]
-    return (flat * weights).sum(2) / weights.sum(2).clamp_min(1)
+class _Rows:
+    """The training rows' features: the pooled masks (in memory or memory-mapped), then any weak-label rows."""
+
+    def __init__(self, pooled: torch.Tensor, extra: torch.Tensor | None = None):
+        self.pooled, self.extra = pooled, extra
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pooled, self.extra) if t is not None)
+
+    def to(self, device) -> "_Rows":
+        """The rows moved to ``device`` (in-memory pairs on a GPU: moved once, not per minibatch)."""
+        return _Rows(self.pooled.to(device), None if self.extra is None else self.extra.to(device))
+
+    def take(self, rows) -> torch.Tensor:
+        """(len(rows), C) features of ``rows``, in their order."""
+        rows = torch.as_tensor(rows, dtype=torch.long).to(self.pooled.device)
+        inside = rows < len(self.pooled)
+        if self.extra is None or bool(inside.all()):
+            return self.pooled[rows]
+        out = torch.empty(len(rows), self.pooled.shape[1], device=self.pooled.device)
+        out[inside] = self.pooled[rows[inside]]
+        out[~inside] = self.extra[rows[~inside] - len(self.pooled)]
+        return out
+
+    def embed(self, head: ExplainerHead, rows: np.ndarray, device) -> torch.Tensor:
+        """(len(rows), dim) head outputs on the CPU, :data:`EVAL_ROWS` rows at a time, without gradients."""
+        if len(rows) == 0:
+            return torch.zeros(0, 1)
+        with torch.no_grad():
+            return torch.cat([head(self.take(rows[start:start + EVAL_ROWS]).to(device)).cpu()
+                              for start in range(0, len(rows), EVAL_ROWS)])
 
 
-def image_means(store, images) -> torch.Tensor:
-    """Each image's feature map averaged over the cells that show it (letterbox padding left out); (n, C)."""
-    maps = store.features(images)
-    return masked_mean(maps.flatten(2), store.valid_cells[np.asarray(images)])
+class _Labels:
+    """Each training row's positive labels, kept sparse; :meth:`dense` gives a minibatch's (B, L) 0/1 rows."""
+
+    def __init__(self, entries: list, n_rows: int, n_labels: int):
+        pairs = np.asarray(entries, dtype=np.int64).reshape(-1, 2)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        self.labels = pairs[order, 1]
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_rows))])
+        self.n_labels = n_labels
+
+    def dense(self, rows) -> torch.Tensor:
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        owner = np.repeat(np.arange(len(rows)), counts)
+        at = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+        out = torch.zeros(len(rows), self.n_labels)
+        out[torch.from_numpy(owner), torch.from_numpy(self.labels[at])] = 1.0
+        return out
 
 
-def pooled_masks(store, masks: pd.DataFrame, pooling: str = "mass", batch_images: int = 256,
-                 show_progress: bool = False) -> torch.Tensor:
-    """Pool the store's features under each row of :func:`mask_table`; (n_masks, C) float32."""
-    out = torch.zeros(len(masks), store.shape[1])
-    images = masks["image"].to_numpy()
-    objects = masks["object"].to_numpy()
-    unique = np.unique(images)
-    for start in progress(range(0, len(unique), batch_images), enabled=show_progress, desc="pool masks"):
-        chunk = unique[start:start + batch_images]
-        features = store.features(chunk)
-        rows = np.flatnonzero(np.isin(images, chunk))
-        local = np.searchsorted(chunk, images[rows])
-        masks = store.object_masks_small(objects[rows])
-        out[rows] = pool_features(features[local], masks, pooling)
-    return out
+def _scratch(shape: tuple) -> torch.Tensor:
+    """A zeroed float32 tensor on a scratch file in the cache (removed at once; the mapping keeps it)."""
+    from numpy.lib.format import open_memmap
+
+    handle, name = tempfile.mkstemp(suffix=".npy", dir=cache_dir("pooled"))
+    os.close(handle)
+    try:
+        return torch.from_numpy(open_memmap(name, mode="w+", dtype=np.float32, shape=shape))
+    finally:
+        Path(name).unlink(missing_ok=True)

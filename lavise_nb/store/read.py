@@ -268,20 +268,33 @@ class ActivationStore:
             return block
         return block[torch.from_numpy(inverse.reshape(-1)).to(block.device)]
 
-    def top_indices(self, p: int = 25, filters=None) -> np.ndarray:
+    def top_indices(self, p: int = 25, filters=None, block_bytes: int = 64 << 20) -> np.ndarray:
         """Indices of the p images with the highest max activation, per filter.
+
+        Reads the maxima a block of filters at a time (about ``block_bytes``) and sorts only
+        each filter's candidates (the values at or above its p-th largest), so memory and
+        time stay near one pass over the (N, C) maxima.
 
         Returns
         -------
         numpy.ndarray
             (len(filters), p) int64, best first; ties broken by image order.
         """
-        maxima = np.asarray(self.maxima, dtype=np.float32)
-        if filters is not None:
-            maxima = maxima[:, np.asarray(filters)]
-        p = min(p, maxima.shape[0])
-        order = np.argsort(-maxima, axis=0, kind="stable")[:p]
-        return order.T.copy()
+        n, c = self.maxima.shape
+        filters = np.arange(c) if filters is None else np.asarray(filters, dtype=np.int64).reshape(-1)
+        p = min(p, n)
+        out = np.zeros((len(filters), p), dtype=np.int64)
+        step = max(1, block_bytes // max(1, 4 * n))
+        for start in range(0, len(filters) if p else 0, step):
+            block = np.asarray(self.maxima[:, filters[start:start + step]], dtype=np.float32)
+            kth = -np.partition(-block, p - 1, axis=0)[p - 1]
+            for j in range(block.shape[1]):
+                rows = np.flatnonzero(block[:, j] >= kth[j])
+                if len(rows) < p:       # NaN: the full stable order
+                    out[start + j] = np.argsort(-block[:, j], kind="stable")[:p]
+                else:
+                    out[start + j] = rows[np.argsort(-block[rows, j], kind="stable")[:p]]
+        return out
 
     def activation_map(self, image: int, filter: int, size: int | None = None) -> torch.Tensor:
         """One filter's map for one image, bilinearly upsampled to ``size`` (default: input size).
