@@ -22,7 +22,7 @@ from lavise_nb.datasets import ShapesWorld
 from lavise_nb.store import ActivationStore, BuildInterrupted, BuildSettings, StoreDamagedError
 from lavise_nb.store import build as build_module
 from lavise_nb.store.locks import lock_file, store_lock
-from lavise_nb.store.format import STORE_FILES
+from lavise_nb.store.format import MERGED_FILES, STORE_FILES
 
 LAYER = "features.4"
 SETTINGS = BuildSettings(batch_size=4, num_workers=0)
@@ -215,7 +215,7 @@ def test_concurrent_merges_agree(tmp_path, tiny_model, data):
     merged = _files(tmp_path / "merged")
     again = ActivationStore.merge(shards, tmp_path / "merged")
     assert _files(again.path) == merged
-    assert len(again.verify()) == 4 + 2 * len(STORE_FILES)  # its own tables, then every shard file
+    assert len(again.verify()) == len(MERGED_FILES) + 2 * len(STORE_FILES)  # its own tables, then every shard file
 
 
 def test_lock_timeout_names_the_lock_file(tmp_path):
