@@ -156,12 +156,12 @@ def pooled_file(store, masks: pd.DataFrame, pooling: str = "mass", folder=None, 
     pathlib.Path
         The file; open it with ``np.load(path, mmap_mode="r")``.
     """
+    from .store.format import slug
     from .store.writers import RowWriter, npy_header
 
     folder = cache_dir("pooled") if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    layer = "".join(ch if ch.isalnum() else "-" for ch in store.layer)
-    path = folder / f"{layer}_{_pooled_key(store, masks, pooling)}.npy"
+    path = folder / f"{slug(store.layer)}_{_pooled_key(store, masks, pooling)}.npy"
     shape = (len(masks), int(store.shape[1]))
     if path.is_file() and npy_header(path)[:2] == (shape, np.dtype(np.float32)):
         return path

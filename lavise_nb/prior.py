@@ -36,6 +36,7 @@ __all__ = ["ClassPrior"]
 SOURCES = ("features", "region", "image")
 WHOLE_IMAGE = -1  # the cache's filter key for source="image": one prediction per image
 STORED_CLASSES = 20
+FEATURE_BATCHES = 8   # source="features" classifies this many crop batches' worth of pairs at once (no images)
 
 
 class ClassPrior:
@@ -219,6 +220,11 @@ class ClassPrior:
 
     def _classify_features(self, store, images: np.ndarray, filters: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Each pair's region box on the stored map, resampled to (h, w) and run through the layers after it."""
+        try:
+            head = self.model.downstream(store.layer)
+        except SplitError as error:
+            raise SplitError(f"ClassPrior(source='features') needs the layers after {store.layer!r} alone: {error}") \
+                from None
         size = store.image_size
         regions = filter_regions(store, images, filters, size)
         unique, row_of = np.unique(images, return_inverse=True)
@@ -229,11 +235,6 @@ class ClassPrior:
         h, w = features.shape[2:]
         pooled = roi_align(features, boxes, output_size=(h, w), spatial_scale=h / size, sampling_ratio=2,
                            aligned=True)
-        try:
-            head = self.model.downstream(store.layer)
-        except SplitError as error:
-            raise SplitError(f"ClassPrior(source='features') needs the layers after {store.layer!r} alone: {error}") \
-                from None
         with torch.no_grad():
             logits = head(pooled).float()
         if logits.dim() != 2 or logits.shape[1] != len(self.class_names):
@@ -268,7 +269,7 @@ class ClassPrior:
         self.model.to(self.device)
         parts = [cached]
         todo = todo.sort_values(["image", "filter"])
-        step = self.crop.batch_size * (8 if self.source == "features" else 1)
+        step = self.crop.batch_size * (FEATURE_BATCHES if self.source == "features" else 1)
         batches = range(0, len(todo), step)
         for n, start in enumerate(progress(batches, enabled=self.show_progress, desc="class prior")):
             part = todo.iloc[start:start + step]

@@ -133,10 +133,21 @@ def test_gensim_data_name_offline_gives_clear_error(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "gensim.downloader", types.SimpleNamespace(load=offline))
     with pytest.raises(WordSpaceUnavailableError) as err:
-        load_word_space("glove-wiki-gigaword-300")
+        load_word_space("gensim-data:glove-wiki-gigaword-300")
     msg = str(err.value)
     assert "glove-wiki-gigaword-300" in msg and "offline" in msg
     assert "load_word_space('/path/to/vectors.txt', kind='glove')" in msg
+
+
+def test_a_bare_name_never_downloads(monkeypatch):
+    def refuse(name, return_path=False):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setitem(sys.modules, "gensim.downloader", types.SimpleNamespace(load=refuse))
+    with pytest.raises(WordSpaceUnavailableError) as err:
+        load_word_space("glove-wiki-gigaword-300")
+    msg = str(err.value)
+    assert "load_word_space('gensim-data:glove-wiki-gigaword-300')" in msg and "needs internet" in msg
 
 
 def test_missing_path_is_file_not_found(tmp_path):

@@ -67,20 +67,10 @@ def _write_merge(stores: list[ActivationStore], out: Path, contents: dict) -> No
                                           image=s.objects["image"].to_numpy() + i_off)
                          for s, o_off, i_off in zip(stores, object_offsets, image_offsets)],
                         ignore_index=True)
-    n, c = int(image_offsets[-1]), stores[0].shape[1]
-    writer = RowWriter(out / "maxima.npy", (n, c), np.float32)
-    try:
-        for s, off in zip(stores, image_offsets):
-            writer.write(int(off), np.asarray(s.maxima))
-    finally:
-        writer.close()
+    n = int(image_offsets[-1])
+    _stack_rows(out / "maxima.npy", [s.maxima for s in stores], image_offsets)
     if all(s.logits is not None for s in stores):
-        writer = RowWriter(out / "logits.npy", (n, stores[0].logits.shape[1]), np.float32)
-        try:
-            for s, off in zip(stores, image_offsets):
-                writer.write(int(off), np.asarray(s.logits))
-        finally:
-            writer.close()
+        _stack_rows(out / "logits.npy", [s.logits for s in stores], image_offsets)
     else:
         (out / "logits.npy").unlink(missing_ok=True)
     index.to_parquet(out / "index.parquet", index=False)
@@ -100,6 +90,16 @@ def _write_merge(stores: list[ActivationStore], out: Path, contents: dict) -> No
         contents, model_name=first["model_name"], shape=[n, *stores[0].shape[1:]], dtype=first["dtype"],
         image_size=first["image_size"], quantile=first["quantile"], n_objects=len(objects),
         n_invalid=sum(s.manifest["n_invalid"] for s in stores), supercategories=supercategories))
+
+
+def _stack_rows(file: Path, arrays: list, offsets) -> None:
+    """Write the shards' (n_i, K) float32 arrays one after another into ``file``, one shard in memory at a time."""
+    writer = RowWriter(file, (int(offsets[-1]), arrays[0].shape[1]), np.float32)
+    try:
+        for array, off in zip(arrays, offsets):
+            writer.write(int(off), np.asarray(array))
+    finally:
+        writer.close()
 
 
 def _checked_shards(shard_paths) -> tuple[list[ActivationStore], list[dict]]:

@@ -11,15 +11,17 @@ from gensim.models import KeyedVectors
 
 from .._utils.cache import cache_dir
 from .encoders import sentence_space
-from .formats import KINDS, gensim_data_space, read_vectors, save_default_glove, space_name_of
+from .formats import (KINDS, WordSpaceUnavailableError, gensim_data_space, read_vectors, save_default_glove,
+                      space_name_of)
 from .space import WordSpace, combine_spaces
 from .text import SEPARATORS
 from .vocabulary import Vocabulary
 
-__all__ = ["DEFAULT_SPACE", "HYBRID_SPACE", "hybrid_space", "load_word_space"]
+__all__ = ["DEFAULT_SPACE", "GENSIM_PREFIX", "HYBRID_SPACE", "hybrid_space", "load_word_space"]
 
 DEFAULT_SPACE = "glove-6b-50d"
 HYBRID_SPACE = "glove-6b-50d+minilm"
+GENSIM_PREFIX = "gensim-data:"   # the one way to ask for a download
 
 
 def load_word_space(source=DEFAULT_SPACE, kind: str = "auto", name: str | None = None,
@@ -36,9 +38,9 @@ def load_word_space(source=DEFAULT_SPACE, kind: str = "auto", name: str | None =
         sentence vectors (:func:`hybrid_space`) over
         the default vocabulary, the concrete nouns and ``words``.  A path: a
         GloVe text file (no header), word2vec text or binary, fastText ``.bin``
-        or a gensim ``.kv`` file (``.gz``/``.bz2`` text works too).  Any other
-        string is taken as a gensim-data name (e.g. ``"glove-wiki-gigaword-300"``)
-        and downloaded with ``gensim.downloader``, which needs internet access.
+        or a gensim ``.kv`` file (``.gz``/``.bz2`` text works too).
+        ``"gensim-data:NAME"`` (e.g. ``"gensim-data:glove-wiki-gigaword-300"``): downloaded
+        with ``gensim.downloader``, which needs internet access; nothing else downloads.
     kind : {"auto", "glove", "word2vec", "word2vec-binary", "fasttext", "kv"}
         File format; ``"auto"`` guesses from the extension and the header.
     name : str, optional
@@ -54,7 +56,8 @@ def load_word_space(source=DEFAULT_SPACE, kind: str = "auto", name: str | None =
     Raises
     ------
     WordSpaceUnavailableError
-        For a gensim-data name that cannot be fetched (the message says how to
+        For a name that is neither a file nor a packaged space, or a
+        ``"gensim-data:"`` name that cannot be fetched (the message says how to
         pass a local file instead).
     """
     if kind not in KINDS:
@@ -72,12 +75,17 @@ def load_word_space(source=DEFAULT_SPACE, kind: str = "auto", name: str | None =
         if not path.exists():
             save_default_glove(path)
         return WordSpace(KeyedVectors.load(str(path), mmap="r"), name or DEFAULT_SPACE)
+    if isinstance(source, str) and source.startswith(GENSIM_PREFIX):
+        return gensim_data_space(source[len(GENSIM_PREFIX):])
     path = Path(os.fspath(source)).expanduser()
     if path.is_file():
         return WordSpace(read_vectors(path, kind), name or space_name_of(path))
     if isinstance(source, os.PathLike) or os.sep in str(source) or path.suffix:
         raise FileNotFoundError(f"no word-vector file at {path}")
-    return gensim_data_space(str(source))
+    raise WordSpaceUnavailableError(
+        f"{source!r} is neither a word-vector file nor a packaged space ({DEFAULT_SPACE!r}, {HYBRID_SPACE!r}). "
+        f"To download gensim-data's vectors (needs internet), ask for it: load_word_space('{GENSIM_PREFIX}{source}'); "
+        "offline, pass a local file, e.g. load_word_space('/path/to/vectors.txt', kind='glove')")
 
 
 def hybrid_space(words: Iterable[str], base: WordSpace | None = None, *, template: str = "{}",
