@@ -98,8 +98,10 @@ class TrainingConfig:
     dropout, margin, lr : float
     batch_size, max_epochs, patience, plateau_patience : int
         ``max_epochs`` is a ceiling: early stopping on the validation loss (``patience``
-        epochs without improvement) ends training. On the embedded default it stops
-        after 74-146 epochs (three seeds); the old ceiling of 60 cut training short.
+        epochs without improvement) ends training. The defaults (batches of 1024 at
+        lr 5e-3) were chosen by measurement on the embedded default: a lower best
+        validation loss than the paper-like 256 at 1e-3 (200.2 vs 211.0, seed 0; 195.5 vs
+        207.7 at lr 1e-2, seed 1) in about half the time (90 epochs in 33 s vs 78-124 in 56-68 s).
     seen : tuple of str, optional
         An explicit seen set (overrides ``seen_fraction``).
     weak_weight : float
@@ -112,8 +114,8 @@ class TrainingConfig:
     pooling: str = "mass"
     dropout: float = 0.5
     margin: float = 1.0
-    lr: float = 1e-3
-    batch_size: int = 256
+    lr: float = 5e-3
+    batch_size: int = 1024
     max_epochs: int = 300
     patience: int = 8
     plateau_patience: int = 3

@@ -59,24 +59,32 @@ def ground_truth(store, pairs: pd.DataFrame, iou_threshold: float = 0.04, chunk:
         if not object_rows:
             continue
         unique, inverse = np.unique(object_rows, return_inverse=True)
-        masks = store.object_masks(unique).flatten(1)
-        pair_rows = torch.as_tensor(pair_rows)
-        inverse = torch.from_numpy(inverse)
-        inter = torch.zeros(len(pair_rows))
-        for s in range(0, len(pair_rows), 512):
-            r, m = regions[pair_rows[s:s + 512]], masks[inverse[s:s + 512]]
-            inter[s:s + 512] = (r & m).sum(1).float()
-        union = regions.sum(1).float()[pair_rows] + masks.sum(1).float()[inverse] - inter
-        iou = (inter / union.clamp_min(1)).numpy()
+        pair_rows = np.asarray(pair_rows)
+        packed_regions = np.packbits(regions.numpy(), axis=1)
+        packed_masks = np.packbits(store.object_masks(unique).flatten(1).numpy(), axis=1)
+        inter = np.concatenate([_bit_count(packed_regions[pair_rows[s:s + 2048]] & packed_masks[inverse[s:s + 2048]])
+                                for s in range(0, len(pair_rows), 2048)])
+        union = _bit_count(packed_regions)[pair_rows] + _bit_count(packed_masks)[inverse] - inter
+        iou = inter.astype(np.float32) / np.maximum(union, 1).astype(np.float32)
         keep = iou > iou_threshold
         out.append(pd.DataFrame({
-            "filter": filters[pair_rows.numpy()[keep]], "image": images[pair_rows.numpy()[keep]],
-            "concept": objects["concept"].to_numpy()[unique[inverse.numpy()[keep]]], "iou": iou[keep],
+            "filter": filters[pair_rows[keep]], "image": images[pair_rows[keep]],
+            "concept": objects["concept"].to_numpy()[unique[inverse[keep]]], "iou": iou[keep],
         }))
     if not out:
         return pd.DataFrame(columns=["filter", "image", "concept", "iou"])
     table = pd.concat(out, ignore_index=True)
     return table.groupby(["filter", "image", "concept"], as_index=False)["iou"].max()
+
+
+_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def _bit_count(packed: np.ndarray) -> np.ndarray:
+    """Set bits of each row of ``np.packbits`` output, (n, bytes) uint8 -> (n,) int64."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(packed).sum(1, dtype=np.int64)
+    return _BITS[packed].sum(1)
 
 
 def recall(truth: pd.DataFrame, words: pd.DataFrame, ks=(5, 10, 20), by=("filter",)) -> pd.DataFrame:

@@ -372,15 +372,6 @@ class ExplainerTrainer:
         callback : callable, optional
             Called after every epoch with the history DataFrame so far (live monitors).
         """
-        threads = torch.get_num_threads()
-        if self.device.type == "cpu":
-            torch.set_num_threads(1)  # a small MLP: extra threads only add synchronisation overhead
-        try:
-            return self._fit(callback)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _fit(self, callback) -> Mapper:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         pooled = self.pooled()

@@ -10,10 +10,13 @@ only the two tables are part of this package.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from ._utils.progress import progress
 from .store.locks import store_lock
 from .config import check_float, check_int
 
-__all__ = ["SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "split_scene_options",
+__all__ = ["SCENE_WORKERS", "SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "split_scene_options",
            "stamp_table", "background_table", "usable_rows"]
 
 PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
@@ -425,19 +428,59 @@ def _source_dirs(stamps_dir, templates_dir) -> tuple[Path, Path]:
     return Path(stamps_dir), Path(templates_dir)
 
 
+SCENE_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+_CHUNK = 25        # images a worker composes per task
+_job: dict = {}    # what a forked worker composes from (set before the fork, read in the worker)
+
+
+def _compose_chunk(indices: range) -> list:
+    """Compose and save images ``indices`` into ``_job["folder"]``; their (record, annotations, planted) rows."""
+    settings, cfg, sources, cat_ids = _job["settings"], _job["cfg"], _job["sources"], _job["cat_ids"]
+    rows = []
+    for i in indices:
+        image, anns, bg_concept, n_planted = _compose(i, settings, cfg, sources, cat_ids)
+        name = f"{i:06d}.jpg"
+        image.save(_job["folder"] / name, quality=95)
+        rows.append(({"id": i, "file_name": name, "width": settings.size, "height": settings.size,
+                      "background": bg_concept, **_job["image_fields"]}, anns, n_planted))
+    return rows
+
+
+def _composed(chunks: list, show_progress: bool):
+    """Each chunk's rows in order: in :data:`SCENE_WORKERS` forked processes, or here (one worker, no fork)."""
+    bar = progress(total=sum(len(c) for c in chunks), enabled=show_progress, desc="StampScenes")
+    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    workers = min(SCENE_WORKERS, len(chunks))
+    try:
+        if workers <= 1 or context is None:
+            for chunk in chunks:
+                yield _compose_chunk(chunk)
+                bar.update(len(chunk))
+            return
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for chunk, rows in zip(chunks, pool.map(_compose_chunk, chunks)):
+                yield rows
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
 def _write_scenes(tmp: Path, settings: SceneSettings, cfg: dict, sources: _Sources, categories: list,
                   image_fields: dict, show_progress: bool) -> dict:
     (tmp / "images").mkdir()
     cat_ids = {c["name"]: c["id"] for c in categories}
+    _job.update(folder=tmp / "images", settings=settings, cfg=cfg, sources=sources, cat_ids=cat_ids,
+                image_fields=image_fields)
+    chunks = [range(start, min(start + _CHUNK, settings.n_images)) for start in range(0, settings.n_images, _CHUNK)]
     images, annotations, planted = [], [], 0
-    for i in progress(range(settings.n_images), enabled=show_progress, desc="StampScenes"):
-        image, anns, bg_concept, n_planted = _compose(i, settings, cfg, sources, cat_ids)
-        name = f"{i:06d}.jpg"
-        image.save(tmp / "images" / name, quality=95)
-        images.append({"id": i, "file_name": name, "width": settings.size, "height": settings.size,
-                       "background": bg_concept, **image_fields})
-        annotations.extend(anns)
-        planted += n_planted
+    try:
+        for rows in _composed(chunks, show_progress):
+            for record, anns, n_planted in rows:
+                images.append(record)
+                annotations.extend(anns)
+                planted += n_planted
+    finally:
+        _job.clear()
     for ann_id, ann in enumerate(annotations, start=1):
         ann["id"] = ann_id
     coco = {"images": images, "annotations": annotations, "categories": categories}
