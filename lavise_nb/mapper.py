@@ -42,6 +42,17 @@ __all__ = ["ExplainerHead", "Mapper", "ExplainerTrainer", "TrainingConfig", "poo
 EVAL_ROWS = 8192            # rows the head embeds at once when it scores validation and zero-shot masks
 
 
+class _Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask NumPy draws (3x faster than torch's here), seeded from torch's generator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        seed = int(torch.randint(0, 2 ** 62, (1,)))
+        keep = np.random.default_rng(seed).random(x.shape, dtype=np.float32) >= self.p
+        return x * torch.from_numpy(keep).to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
 class ExplainerHead(nn.Module):
     """The paper's head: BN-Dropout-Linear(d, d)-ReLU-BN-Dropout-Linear(d, dim).
 
@@ -57,8 +68,8 @@ class ExplainerHead(nn.Module):
     def __init__(self, channels: int, dim: int, dropout: float = TrainingConfig.dropout):
         super().__init__()
         self.net = nn.Sequential(
-            nn.BatchNorm1d(channels), nn.Dropout(dropout), nn.Linear(channels, channels), nn.ReLU(),
-            nn.BatchNorm1d(channels), nn.Dropout(dropout), nn.Linear(channels, dim),
+            nn.BatchNorm1d(channels), _Dropout(dropout), nn.Linear(channels, channels), nn.ReLU(),
+            nn.BatchNorm1d(channels), _Dropout(dropout), nn.Linear(channels, dim),
         )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -191,22 +202,22 @@ def plain(value):
     return value
 
 
-def _rank_metrics(vectors: torch.Tensor, targets: list, label_vectors: torch.Tensor,
-                  labels: list, bias: torch.Tensor | None = None) -> tuple[float, float]:
-    """Top-1 / top-5 accuracy: a hit when any of a mask's target concepts ranks there."""
+def _rank_metrics(vectors: torch.Tensor, wanted: torch.Tensor, label_vectors: torch.Tensor) -> tuple[float, float]:
+    """Top-1 / top-5 accuracy: a hit when one of a mask's concepts (``wanted``, (n, L) bool) ranks there."""
     if len(vectors) == 0:
         return float("nan"), float("nan")
-    scores = vectors @ label_vectors.T
-    if bias is not None:
-        scores = scores - bias
-    top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    hits = wanted.gather(1, (vectors @ label_vectors.T).topk(min(5, len(label_vectors)), dim=1).indices)
+    return hits[:, 0].float().mean().item(), hits.any(1).float().mean().item()
+
+
+def _wanted(targets: list, labels: list) -> torch.Tensor:
+    """(len(targets), len(labels)) bool: which labels each row's target names are."""
     position = {name: i for i, name in enumerate(labels)}
-    hits1 = hits5 = 0
-    for row, names in zip(top.tolist(), targets):
-        wanted = {position[n] for n in names if n in position}
-        hits1 += row[0] in wanted
-        hits5 += bool(wanted.intersection(row))
-    return hits1 / len(targets), hits5 / len(targets)
+    out = torch.zeros(len(targets), len(labels), dtype=torch.bool)
+    rows = [(r, position[n]) for r, names in enumerate(targets) for n in names if n in position]
+    if rows:
+        out[tuple(torch.tensor(rows).T)] = True
+    return out
 
 
 def ranking_loss(vectors: torch.Tensor, positives: torch.Tensor, label_vectors: torch.Tensor, margin: float,
@@ -404,6 +415,8 @@ class ExplainerTrainer:
             rows = rows.to(self.device)
         positives = _Labels(entries, len(weights), len(label_vectors))
         val_positives = positives.dense(val_rows).to(self.device)
+        val_wanted = _wanted([seen_targets[i] for i in val_rows], self.seen)
+        zs_wanted = _wanted([unseen_targets[i] for i in zs_rows], self.concepts)
 
         head = ExplainerHead(pooled.shape[1], self.concept_vectors.shape[1], cfg.dropout).to(self.device)
         optimiser = torch.optim.Adam(head.parameters(), lr=cfg.lr)
@@ -430,8 +443,10 @@ class ExplainerTrainer:
                 val_loss = ranking_loss(val_vectors.to(self.device), val_positives, label_vectors,
                                         cfg.margin).item() if len(val_rows) else total / len(train_rows)
             scheduler.step(val_loss)
-            row = self._epoch_row(epoch, total / len(train_rows), val_loss, val_vectors, zs_vectors, val_rows, zs_rows,
-                                  seen_targets, unseen_targets, optimiser)
+            (top1, top5), (zs1, zs5) = (_rank_metrics(val_vectors, val_wanted, seen_vectors),
+                                        _rank_metrics(zs_vectors, zs_wanted, self.concept_vectors))
+            row = dict(epoch=epoch, train_loss=total / len(train_rows), val_loss=val_loss, seen_top1=top1,
+                       seen_top5=top5, unseen_top1=zs1, unseen_top5=zs5, lr=optimiser.param_groups[0]["lr"])
             history.append(row)
             if val_loss < best_loss - 1e-5:
                 best, best_loss, since_best = copy.deepcopy(head.state_dict()), val_loss, 0
@@ -447,15 +462,6 @@ class ExplainerTrainer:
         history["best"] = history["val_loss"] == history["val_loss"].min()
         return Mapper(head.cpu(), self.concepts, self.seen, self.unseen, self.space.space_id,
                       self.store.layer, self.store.manifest["key"]["model"], cfg, history)
-
-    def _epoch_row(self, epoch, train_loss, val_loss, val_vectors, zs_vectors, val_rows, zs_rows, seen_targets,
-                   unseen_targets, optimiser) -> dict:
-        seen_vecs = self.concept_vectors[[self.concepts.index(c) for c in self.seen]]
-        top1, top5 = _rank_metrics(val_vectors, [seen_targets[i] for i in val_rows], seen_vecs, self.seen)
-        zs1, zs5 = _rank_metrics(zs_vectors, [unseen_targets[i] for i in zs_rows], self.concept_vectors,
-                                 self.concepts)
-        return dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, seen_top1=top1, seen_top5=top5,
-                    unseen_top1=zs1, unseen_top5=zs5, lr=optimiser.param_groups[0]["lr"])
 
 
 class _Rows:
