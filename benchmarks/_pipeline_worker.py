@@ -30,6 +30,9 @@ from lavise_nb.plots import filter_summary  # noqa: E402
 from lavise_nb.probe import resolve_device  # noqa: E402
 
 
+CAPPED_EPOCHS = 60   # CalibrationSettings.inner_epochs of the cheaper calibration, timed beside the default
+
+
 class Stages:
     """Times named stages in order, with the load average around each."""
 
@@ -96,16 +99,21 @@ def main() -> None:
     pairs = FilterExplainer(store, mapper, space, "concepts", explain_settings).pairs()
     stages.run(f"class prior (source={prior.source})", "01", lambda: prior.predictions(store, pairs))
 
-    def calibrate():
-        grid = CalibrationSettings(seed=spec.seed, gammas=[round(0.02 * i, 2) for i in range(26)])
+    def calibrate(inner_epochs=None, save=True):
+        grid = CalibrationSettings(seed=spec.seed, gammas=[round(0.02 * i, 2) for i in range(26)],
+                                   inner_epochs=inner_epochs)
         record = GammaCalibration(store, mapper, space, explain_settings, calibration=grid,
                                   vocabulary=ref.vocabulary("nouns"), weak_labels=labels, prior=prior,
                                   show_progress=False).fit()
         calibrated = mapper.calibrated(record)
-        calibrated.save(train_dir / "mapper.pt")
-        return calibrated
+        if save:
+            calibrated.save(train_dir / "mapper.pt")
+        return record
 
-    stages.run("calibration", "01", calibrate)
+    record = stages.run("calibration", "01", calibrate)
+    capped = stages.run(f"calibration, inner head capped (inner_epochs={CAPPED_EPOCHS}; instead of the above)", "01",
+                        lambda: calibrate(CAPPED_EPOCHS, save=False), in_total=False)
+    facts.update(gammas=[record.gamma, record.filter_gamma], capped_gammas=[capped.gamma, capped.filter_gamma])
 
     # notebook 02, cells 4 and 6
     def reopen():

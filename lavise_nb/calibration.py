@@ -177,7 +177,8 @@ class GammaCalibration:
         Pass it to :meth:`table` or :meth:`fit` to calibrate several methods with one training.
         """
         inner, _ = self.split()
-        config = dataclasses.replace(self.mapper.config, seen=tuple(inner))
+        config = dataclasses.replace(self.mapper.config, seen=tuple(inner),
+                                     max_epochs=self.calibration.inner_epochs or self.mapper.config.max_epochs)
         trainer = ExplainerTrainer(self.store, self.space, config, restrict_to=self.mapper.seen,
                                    weak_labels=self.weak_labels, show_progress=self.show_progress)
         return trainer.fit()

@@ -249,6 +249,12 @@ class CalibrationSettings:
         Recall@k (filter level) or top-k accuracy (mask level) used for H.
     seed : int
         The inner split and the inner head's training.
+    inner_epochs : int, optional
+        A ceiling on the inner head's epochs (None: the mapper's ``max_epochs``, so the inner
+        head is trained exactly like the mapper, to early stopping). Cheaper, not the same: on
+        the embedded default, 60 took 16 s instead of 41-49 s (159-173 epochs) and chose an
+        image-word gamma 0.02-0.04 lower and a filter-word gamma within the same spread
+        (0.02-0.04 against 0.02-0.06, three training seeds).
     """
 
     level: str = "filter"
@@ -256,11 +262,14 @@ class CalibrationSettings:
     inner_fraction: float = 0.7
     k: int = 20
     seed: int = 0
+    inner_epochs: int | None = None
 
     def __post_init__(self):
         check_choice("level", self.level, ("filter", "mask"))
         check_float("inner_fraction", self.inner_fraction, 0, 1, open_low=True)
         check_int("k", self.k)
+        if self.inner_epochs is not None:
+            check_int("inner_epochs", self.inner_epochs)
         gammas = tuple(round(0.01 * i, 4) for i in range(51)) if self.gammas is None else \
             tuple(float(g) for g in self.gammas)
         if not gammas:

@@ -86,3 +86,11 @@ def test_filter_level_curves_equal_recall_of_the_explainers_words(tiny_store, ma
             for column, names in (("seen", inner), ("unseen", held)):
                 expected = recall(truth[truth["concept"].isin(names)], table_words, (5,), by)["recall"].iloc[0]
                 assert table.loc[(words, gamma), column] == pytest.approx(np.nan_to_num(expected))
+
+
+def test_inner_epochs_caps_the_inner_head(tiny_store, mapper):
+    capped = GammaCalibration(tiny_store, mapper, shapes_space(), calibration=CalibrationSettings(inner_epochs=2))
+    assert len(capped.inner_mapper().history) == 2
+    assert len(GammaCalibration(tiny_store, mapper, shapes_space()).inner_mapper().history) > 2
+    with pytest.raises(ValueError, match="inner_epochs"):
+        CalibrationSettings(inner_epochs=0)

@@ -149,6 +149,15 @@ def test_same_arguments_give_identical_builds(tmp_path, fake):
     assert (a / "annotations.json").read_bytes() != (c / "annotations.json").read_bytes()
 
 
+def test_worker_processes_write_the_same_build(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(scenes, "SCENE_WORKERS", 1)
+    alone = scenes.build_stamp_scenes(tmp_path / "one", _settings(n_images=60, seed=3), **fake)
+    monkeypatch.setattr(scenes, "SCENE_WORKERS", 2)
+    forked = scenes.build_stamp_scenes(tmp_path / "two", _settings(n_images=60, seed=3), **fake)
+    for name in ["annotations.json", *(f"images/{i:06d}.jpg" for i in range(60))]:
+        assert (alone / name).read_bytes() == (forked / name).read_bytes(), name
+
+
 def _object_counts(out):
     coco, names, kinds = _load(out)
     return Counter(names[a["category_id"]] for a in coco["annotations"] if kinds[a["category_id"]] == "object")
