@@ -213,11 +213,8 @@ def _rank_metrics(vectors: torch.Tensor, wanted: torch.Tensor, label_vectors: to
 def _wanted(targets: list, labels: list) -> torch.Tensor:
     """(len(targets), len(labels)) bool: which labels each row's target names are."""
     position = {name: i for i, name in enumerate(labels)}
-    out = torch.zeros(len(targets), len(labels), dtype=torch.bool)
-    rows = [(r, position[n]) for r, names in enumerate(targets) for n in names if n in position]
-    if rows:
-        out[tuple(torch.tensor(rows).T)] = True
-    return out
+    entries = [(r, position[n]) for r, names in enumerate(targets) for n in names if n in position]
+    return _Labels(entries, len(targets), len(labels)).dense(np.arange(len(targets))) > 0
 
 
 def ranking_loss(vectors: torch.Tensor, positives: torch.Tensor, label_vectors: torch.Tensor, margin: float,

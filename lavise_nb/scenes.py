@@ -33,8 +33,8 @@ from ._utils.progress import progress
 from .store.locks import store_lock
 from .config import check_float, check_int
 
-__all__ = ["SCENE_WORKERS", "SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes", "split_scene_options",
-           "stamp_table", "background_table", "usable_rows"]
+__all__ = ["SCENE_WORKERS", "SceneSettings", "fetch_tuxpaint", "build_stamp_scenes", "stamp_scenes",
+           "split_scene_options", "stamp_table", "background_table", "usable_rows"]
 
 PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data")
 _SHARE = Path("usr") / "share" / "tuxpaint"
