@@ -100,8 +100,9 @@ def main() -> None:
         store, mapper, space, settings, calibration=CalibrationSettings(gammas=gammas), vocabulary="concepts",
         prior=None).fit())
     mapper = mapper.calibrated(record)
-    explanations = run("explain all filters", lambda: FilterExplainer(
-        store, mapper, space, "concepts", settings, device="cpu").explain())
+    explainer = FilterExplainer(store, mapper, space, "concepts", settings, device="cpu")
+    run("coherence null (random directions: one pass over the store, linear in N)", explainer.null_coherence)
+    explanations = run("explain all filters", explainer.explain)
     n, c, h, w = store.shape
     facts.update(images=n, channels=c, map=[h, w], objects=len(store.objects), masks=len(trainer.masks),
                  concepts=len(store.concepts), epochs_run=int(len(mapper.history)), gamma=record.gamma,

@@ -188,6 +188,10 @@ class ExplainSettings:
         float: that offset; False: raw cosines.
     batch_pairs : int
         (filter, image) pairs pooled per step (memory, not results).
+    null_directions : int
+        Random directions of the layer explained as filters, the null of each filter's
+        ``coherence`` (:mod:`lavise_nb.coherence`); 0: no null (``null_share`` NaN).
+        Costs one pass over the store's activations per explainer.
     """
 
     method: str = "attention"
@@ -202,6 +206,7 @@ class ExplainSettings:
     top_words: int = 10
     calibrated: bool | float = True
     batch_pairs: int = 1024
+    null_directions: int = 64
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
@@ -211,6 +216,7 @@ class ExplainSettings:
         for name in ("p", "s", "image_k", "hubness_k", "top_words", "batch_pairs"):
             check_int(name, getattr(self, name))
         check_float("temperature", self.temperature, 0, open_low=True)
+        check_int("null_directions", self.null_directions, 0)
         if not isinstance(self.calibrated, bool):
             check_float("calibrated", self.calibrated)
         object.__setattr__(self, "image_k", max(self.s, self.image_k))

@@ -493,8 +493,9 @@ def planted_ranks(explained, channels: pd.DataFrame, n_words: int = 5) -> pd.Dat
         One row per channel: ``channel, concept, kind, auc``, ``rank`` (float; NaN when the word is not
         among the listed words or the channel is noise), ``listed`` (words listed for the channel),
         ``words`` (the first ``n_words``, comma-separated), ``top_word``, ``top_share`` (the top word's
-        ``support``, else its votes / the votes of every listed word of the channel) and ``top_is_planted``
-        (the top word is one of the planted concepts).
+        ``support``, else its votes / the votes of every listed word of the channel), ``top_is_planted``
+        (the top word is one of the planted concepts), and the channel's ``coherence`` and ``null_share``
+        (NaN when the table has none).
     """
     if hasattr(explained, "explain"):
         explained = explained.explain(filters=channels["channel"].to_numpy())
@@ -510,8 +511,10 @@ def planted_ranks(explained, channels: pd.DataFrame, n_words: int = 5) -> pd.Dat
             total = float(words["votes"].sum()) if len(words) else 0.0
             share = float(words["votes"].iloc[0]) / total if total > 0 else float("nan")
         top = listed[0] if listed else None
+        agreement = {name: float(words[name].iloc[0]) if len(words) and name in words else float("nan")
+                     for name in ("coherence", "null_share")}
         rows.append(dict(channel=int(row.channel), concept=row.concept, kind=row.kind, auc=row.auc, rank=rank,
                          listed=len(listed), words=", ".join(listed[:n_words]), top_word=top, top_share=share,
-                         top_is_planted=top in planted_words))
+                         top_is_planted=top in planted_words, **agreement))
     return pd.DataFrame(rows, columns=["channel", "concept", "kind", "auc", "rank", "listed", "words", "top_word",
-                                       "top_share", "top_is_planted"])
+                                       "top_share", "top_is_planted", "coherence", "null_share"])

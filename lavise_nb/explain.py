@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ._utils.progress import progress
 from .calibration import vocabulary_name
+from .coherence import NULL_LEVEL, RandomDirections, resultant_length
 from .config import METHODS, ExplainSettings
 from .mapper import masked_mean, pool_features
 from .probe import LayerProbe, resolve_device
@@ -25,8 +26,8 @@ from .words import MissingWordsError, Vocabulary
 
 __all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS", "hub_note"]
 
-EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "support", "score", "kind", "n_images", "method",
-                       "note"]
+EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "support", "score", "kind", "n_images",
+                       "coherence", "null_share", "method", "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
                       "method"]
 
@@ -151,11 +152,23 @@ class FilterExplainer:
         table["activation"] = maxima[table["image"], table["filter"]].astype(np.float32)
         return table[table["activation"] > 0].reset_index(drop=True)
 
-    def pair_features(self, pairs: pd.DataFrame) -> torch.Tensor:
-        """Pooled features of each (filter, image) pair under the chosen method; (P, C)."""
+    def pair_features(self, pairs: pd.DataFrame, directions: RandomDirections | None = None) -> torch.Tensor:
+        """Pooled features of each (filter, image) pair under the chosen method; (P, C).
+
+        With ``directions``, the pairs' ``filter`` column indexes those random directions
+        (virtual filters: their map is w . F) instead of the layer's filters.
+        """
         out = torch.zeros(len(pairs), self.store.shape[1])
-        thresholds = torch.from_numpy(self.store.thresholds)
         method, step = self.settings.method, self.settings.batch_pairs
+        if directions is not None and method == "image_masking":
+            raise ValueError("random directions have no image-masking features (the network would have to run "
+                             "on each direction's masked images); use another method for the coherence null")
+        if directions is None:
+            thresholds = torch.from_numpy(self.store.thresholds)
+        elif method == "activation_masking":
+            thresholds = directions.thresholds(float(self.store.manifest["quantile"]))
+        else:
+            thresholds = torch.zeros(len(directions.directions))
         cells = self.store.valid_cells
         for start in progress(range(0, len(pairs), step), enabled=self.show_progress, desc=f"features ({method})"):
             part = pairs.iloc[start:start + step]
@@ -165,21 +178,25 @@ class FilterExplainer:
                 continue
             images = part["image"].to_numpy()
             maps = self.store.features(images).to(self.device)
-            out[start:start + len(part)] = self._from_maps(maps, filters.to(self.device), thresholds.to(self.device),
+            flat = maps.flatten(2)
+            if directions is None:
+                own = flat[torch.arange(len(filters)), filters.to(self.device)]
+            else:
+                own = torch.einsum("pcs,pc->ps", flat, directions.directions[filters].to(self.device))
+            out[start:start + len(part)] = self._from_maps(maps, own, thresholds[filters].to(self.device),
                                                            cells[images]).cpu()
         return out
 
-    def _from_maps(self, maps: torch.Tensor, filters: torch.Tensor, thresholds: torch.Tensor,
-                   cells) -> torch.Tensor:
-        """maps (P, C, h, w), filters (P,), cells (P, h, w) bool (real pixels) -> pooled (P, C)."""
+    def _from_maps(self, maps: torch.Tensor, own: torch.Tensor, thresholds: torch.Tensor, cells) -> torch.Tensor:
+        """maps (P, C, h, w), own (P, h*w) the explained filter's map, thresholds (P,), cells (P, h, w) bool
+        (real pixels) -> pooled (P, C)."""
         flat = maps.flatten(2)
-        own = flat[torch.arange(len(filters)), filters]
         mean = masked_mean(flat, cells)
         method, attention = self.settings.method, self.settings.attention
         if method == "original":
             return mean
         if method == "activation_masking":
-            region = (own > thresholds[filters][:, None]).float().view(-1, *maps.shape[2:])
+            region = (own > thresholds[:, None]).float().view(-1, *maps.shape[2:])
             return pool_features(maps, region, self.mapper.config.pooling)
         if attention == "paper":
             weights = torch.einsum("pcs,ps->pc", F.normalize(flat, dim=2), F.normalize(own, dim=1))
@@ -222,12 +239,61 @@ class FilterExplainer:
         """
         key = None if filters is None else tuple(np.asarray(filters).tolist())
         if key not in self._cache:
-            pairs = self.pairs(filters)
-            vectors = self.mapper.embed(self.pair_features(pairs))
+            pairs, vectors = self.explainer_vectors(filters)
             if self.prior is not None and len(pairs):
                 vectors = F.normalize(vectors + self.prior.weight * self.prior.vectors(self.store, pairs), dim=1)
             self._cache[key] = (pairs, vectors, self._word_hubness(vectors))
         return self._cache[key]
+
+    def explainer_vectors(self, filters=None) -> tuple[pd.DataFrame, torch.Tensor]:
+        """The pairs (:meth:`pairs`) and the explainer's own vectors of them, (P, dim), without the prior."""
+        key = ("explainer", None if filters is None else tuple(np.asarray(filters).tolist()))
+        if key not in self._cache:
+            pairs = self.pairs(filters)
+            self._cache[key] = (pairs, self.mapper.embed(self.pair_features(pairs)))
+        return self._cache[key]
+
+    def coherence(self, filters=None) -> pd.DataFrame:
+        """How much each filter's top images agree, against random directions of the layer.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``filter, coherence, null_share, coherent``: the activation-weighted resultant length of the
+            explainer's vectors of the filter's top images (see :mod:`lavise_nb.coherence`; NaN when
+            no image activates it), the share of ``settings.null_directions`` random directions at
+            least as coherent, (1 + count) / (1 + n) (NaN when there is no null), and whether that
+            share is at most :data:`~lavise_nb.coherence.NULL_LEVEL`.
+        """
+        wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
+        pairs, vectors = self.explainer_vectors(filters)
+        ids, lengths = resultant_length(vectors, pairs["activation"], pairs["filter"])
+        values = pd.Series(lengths, index=ids).reindex(wanted).to_numpy()
+        null = self.null_coherence()
+        share = ((1 + (null[None, :] >= values[:, None]).sum(1)) / (1 + len(null)) if len(null)
+                 else np.full(len(wanted), np.nan))
+        share = np.where(np.isnan(values), np.nan, share)
+        return pd.DataFrame({"filter": wanted, "coherence": values, "null_share": share,
+                             "coherent": share <= NULL_LEVEL})
+
+    def null_coherence(self) -> np.ndarray:
+        """Coherence of ``settings.null_directions`` random unit directions of the layer, explained as filters.
+
+        One pass over the store's activations (cached until the settings change); empty when
+        ``null_directions`` is 0 or the method is ``"image_masking"``.
+        """
+        n = self.settings.null_directions
+        if n == 0 or self.settings.method == "image_masking":
+            return np.zeros(0)
+        if "null" not in self._cache:
+            directions = RandomDirections(self.store, n, seed=0)
+            top = directions.top_indices(self.settings.p)
+            pairs = pd.DataFrame({"filter": np.repeat(np.arange(n), top.shape[1]), "image": top.reshape(-1)})
+            pairs["activation"] = directions.maxima(show_progress=self.show_progress)[pairs["image"], pairs["filter"]]
+            pairs = pairs[pairs["activation"] > 0].reset_index(drop=True)
+            vectors = self.mapper.embed(self.pair_features(pairs, directions))
+            self._cache["null"] = resultant_length(vectors, pairs["activation"], pairs["filter"])[1]
+        return self._cache["null"]
 
     def top_words_of(self, vectors: torch.Tensor, gamma: float, k: int,
                      local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,15 +335,17 @@ class FilterExplainer:
             filter's top images of their max activation times their vote for the
             word, see ``voting``), ``support`` (``votes`` over the summed max
             activation of the filter's voting images: 1 when every image gives the
-            word its whole vote, near 0 when the images disagree; a low first-word
-            support flags a filter the words do not describe), ``score`` (mean calibrated cosine over the images
-            that voted for it), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
-            word outside the annotations), ``n_images`` (images that voted),
+            word its whole vote, near 0 when the images disagree), ``score`` (mean calibrated cosine over
+            the images that voted for it), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
+            word outside the annotations), ``n_images`` (images that voted), ``coherence`` and
+            ``null_share`` (per filter, :meth:`coherence`: a ``null_share`` above 0.05 means the
+            filter's images agree no more than a random direction's, so its words are doubtful),
             ``method`` and ``note`` (why a filter has no words).
         """
         pairs, _, index_top, scores_top = self._pair_words(filters, self.filter_gamma)
         wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
         rows = []
+        agreement = self.coherence(wanted).set_index("filter")
         votes = self.votes(pairs, index_top, scores_top)
         n_images = pairs.groupby("filter").size()
         evidence = pairs.groupby("filter")["activation"].sum()
@@ -294,6 +362,8 @@ class FilterExplainer:
                                  support=float(vote / evidence[f]), score=float(score), kind=self.kinds[word],
                                  n_images=int(n_images[f]), note=""))
         table = pd.DataFrame(rows)
+        table["coherence"] = agreement["coherence"].reindex(table["filter"]).to_numpy()
+        table["null_share"] = agreement["null_share"].reindex(table["filter"]).to_numpy()
         table.insert(0, "layer", self.store.layer)
         table["method"] = self.settings.method
         return table[EXPLANATION_COLUMNS]

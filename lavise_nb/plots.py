@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .coherence import NULL_LEVEL
 from .regions import filter_maps, filter_regions
 
 __all__ = ["KIND_STYLE", "filter_summary", "filter_card", "training_curves", "recall_bars", "lookup_bars"]
@@ -136,6 +137,19 @@ def _image_panel(ax, store, dataset, image: int, filter: int, words: pd.DataFram
                 color=style["color"], fontstyle=style["style"])
 
 
+def _agreement_note(rows: pd.DataFrame) -> str:
+    """The card's line on the filter's coherence (empty when the table has none)."""
+    if not len(rows) or "coherence" not in rows or rows["coherence"].isna().all():
+        return ""
+    coherence, share = float(rows["coherence"].iloc[0]), float(rows["null_share"].iloc[0])
+    if share != share:
+        return f"coherence {coherence:.2f} (no random-direction null)"
+    if share > NULL_LEVEL:
+        return (f"no more coherent than random directions of the layer: coherence {coherence:.2f}, "
+                f"{share:.0%} of them as high")
+    return f"coherent: {coherence:.2f}, above all but {share:.0%} of random directions of the layer"
+
+
 def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.DataFrame | None, filter: int,
                 n_images: int = 6, n_words: int = 3, top_words: int = 10, cmap: str = "inferno", fig=None):
     """One filter at a glance: its top images with their regions and words, and its ranked words.
@@ -175,7 +189,9 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     darkened. Beside each word: its mean cosine, its ``support`` (the share of the
     filter's activation-weighted votes it got) and, where the table has one
     (:func:`~lavise_nb.faithfulness.attach_faithfulness`), its faithfulness score. Word colours: see :data:`KIND_STYLE` (unseen concepts red, as in the
-    paper; zero-shot words green italic).
+    paper; zero-shot words green italic). Under the title: the filter's ``coherence`` and
+    ``null_share`` (:meth:`~lavise_nb.explain.FilterExplainer.coherence`), in orange when random
+    directions of the layer have top images that agree as well.
     """
     from matplotlib.patches import Patch
 
@@ -232,6 +248,10 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     method = rows["method"].iloc[0] if len(rows) and "method" in rows else ""
     title = f"filter {filter}" + (f" of {layer}" if layer else "") + (f"  ({method})" if method else "")
     fig.text(0.01, 0.985, title, fontsize=12, fontweight="bold", va="top")
+    agreement = _agreement_note(rows)
+    if agreement:
+        fig.text(0.01, 0.91, agreement, fontsize=8, va="top",
+                 color="#b35900" if agreement.startswith("no more") else "#2e7d32")
     fig.text(0.01, 0.945, f"top {n} images; yellow outline: activation > threshold "
                           f"{float(store.thresholds[filter]):.2f}; words under each image: that image's own top "
                           f"{n_words}", fontsize=8, va="top", color="#444444")

@@ -36,6 +36,7 @@ import torch
 from lavise_nb import (ActivationStore, ExplainerTrainer, FilterExplainer, Reference, ReferenceSpec, Vocabulary,
                        load_word_space)
 from lavise_nb.calibration import Calibration, GammaCalibration
+from lavise_nb.coherence import NULL_LEVEL
 from lavise_nb.config import CalibrationSettings, ExplainSettings, TrainingConfig
 from lavise_nb.detectors import (ProbeSettings, Probes, concept_kind, firing_auc, fit_probes, plant,
                                  planted_ranks)
@@ -200,10 +201,14 @@ def summary(ranks: pd.DataFrame, probes: pd.DataFrame, notes: list, clock: Clock
     order = list(dict.fromkeys(concepts["concept"]))
     pivot = concepts.set_index(settings + ["concept"])["rank"].unstack("concept").reindex(columns=order)
     n_noise = int(noise.groupby(settings).size().max()) if len(noise) else 0
-    noise_view = noise.groupby(settings).agg(named_by_planted=("top_is_planted", "sum"),
-                                             noise_share=("top_share", "median"))
-    planted_share = concepts.groupby(settings)["top_share"].median().rename("planted_share")
-    table = pivot.join(noise_view).join(planted_share).reset_index()
+    noise_view = noise.assign(flagged=noise["null_share"] > NULL_LEVEL).groupby(settings).agg(
+        named_by_planted=("top_is_planted", "sum"), noise_share=("top_share", "median"),
+        noise_flagged=("flagged", "sum"), noise_coherence=("coherence", "median"))
+    planted_view = concepts.assign(flagged=concepts["null_share"] > NULL_LEVEL).groupby(settings).agg(
+        planted_share=("top_share", "median"), planted_flagged=("flagged", "sum"),
+        planted_coherence=("coherence", "median"))
+    n_planted = int(concepts.groupby(settings).size().max()) if len(concepts) else 0
+    table = pivot.join(noise_view).join(planted_view).reset_index()
     lines = [f"# Planted detectors: EfficientNet-Lite0 `{LAYER}`, StampScenes, {args.n_images} images", "",
              f"Candidates: WordNet concrete nouns plus the store's concepts; p={p} top images per filter, "
              f"{args.top_words} words listed per filter (`>{args.top_words}`: not among them); weak labels "
@@ -217,15 +222,19 @@ def summary(ranks: pd.DataFrame, probes: pd.DataFrame, notes: list, clock: Clock
     lines += ["", "Concept choice: " + "; ".join(notes) + ".", "",
               "## Rank of each planted word, per setting", "",
               "noise: noise channels whose first word is a planted concept; shares: median top-word "
-              "share (votes / the votes of the listed words) of noise and planted channels.", "",
+              "share (votes / the votes of the listed words) of noise and planted channels; flagged: channels "
+              f"whose null_share > {NULL_LEVEL} (their images agree no more than a random direction's), with "
+              "the median coherence in brackets.", "",
               "| space | training | method | prior | calibrated | " + " | ".join(order) +
-              " | noise named by planted | noise share | planted share |",
-              "|" + "---|" * (len(order) + 8)]
+              " | noise named by planted | noise share | planted share | noise flagged | planted flagged |",
+              "|" + "---|" * (len(order) + 10)]
     for _, r in table.iterrows():
         cells = [r["space"], r["training"], r["method"], "on" if r["prior"] else "off",
                  "yes" if r["calibrated"] else "no"]
         cells += [rank_text(r[c], args.top_words) for c in order]
-        cells += [f"{int(r['named_by_planted'])}/{n_noise}", f"{r['noise_share']:.2f}", f"{r['planted_share']:.2f}"]
+        cells += [f"{int(r['named_by_planted'])}/{n_noise}", f"{r['noise_share']:.2f}", f"{r['planted_share']:.2f}",
+                  f"{int(r['noise_flagged'])}/{n_noise} ({r['noise_coherence']:.2f})",
+                  f"{int(r['planted_flagged'])}/{n_planted} ({r['planted_coherence']:.2f})"]
         lines.append("| " + " | ".join(cells) + " |")
     held = concepts[concepts["training"] == "held-out"]
     counts = held.assign(top5=held["rank"] <= 5).groupby(["prior", "space", "method", "calibrated"])["top5"].sum()

@@ -50,6 +50,20 @@ def test_filter_card_draws_top_images_with_their_words(tiny_store, shapes, table
     assert KIND_STYLE["seen"]["label"] in legend
 
 
+def test_filter_card_states_the_filters_coherence_against_its_null(tiny_store, shapes, tables):
+    explanations, image_words = tables
+    f = COLOUR_FILTERS["red"]
+    row = explanations[explanations["filter"] == f].iloc[0]
+    fig = filter_card(tiny_store, shapes, explanations, image_words, f, n_images=2, fig=Figure())
+    line = [t.get_text() for t in fig.texts if "coheren" in t.get_text()]
+    assert len(line) == 1 and f"{row['coherence']:.2f}" in line[0] and f"{row['null_share']:.0%}" in line[0]
+    assert line[0].startswith("coherent" if row["null_share"] <= 0.05 else "no more coherent")
+    flipped = explanations.assign(null_share=np.where(explanations["filter"] == f, 0.5, explanations["null_share"]))
+    fig = filter_card(tiny_store, shapes, flipped, image_words, f, n_images=2, fig=Figure())
+    assert any(t.get_text().startswith("no more coherent than random directions") and "50%" in t.get_text()
+               for t in fig.texts)
+
+
 def test_unseen_and_zero_shot_words_are_marked(tiny_store, shapes, tables):
     explanations, image_words = tables
     fig = filter_card(tiny_store, shapes, explanations, image_words, 5, n_images=3, top_words=20, fig=Figure())

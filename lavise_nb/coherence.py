@@ -1,0 +1,113 @@
+"""Coherence: do a filter's top images agree on what it shows, more than a random direction's do?
+
+For a filter u with top images i (max activation a_i > 0) and the explainer's own vector of each
+(``v_i``, unit, without the class prior), coherence is the resultant length
+
+    c_u = || sum_i a_i v_i || / sum_i a_i,  in [0, 1]
+
+(1: every image maps to the same point of the word space; near 0: they point every way). It
+needs no labels, so it exists for every filter. Its null is the same number for random unit
+directions w of the layer's channel space, explained the same way (top-p images by max_ij w . F_ij,
+the same pooling, the same head): ``null_share`` is (1 + the number of random directions at least
+as coherent) / (1 + n). A filter whose images agree no more than those of a random mix of the
+layer's channels (``null_share`` > 0.05) is one whose words should not be taken as its meaning.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._utils.progress import progress
+
+__all__ = ["resultant_length", "RandomDirections", "NULL_LEVEL"]
+
+NULL_LEVEL = 0.05
+_THRESHOLD_CELLS = 1 << 20
+
+
+def resultant_length(vectors: torch.Tensor, weights, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted resultant length of unit vectors, per group.
+
+    Parameters
+    ----------
+    vectors : torch.Tensor
+        (P, dim) unit vectors.
+    weights : array-like
+        (P,) non-negative weights (max activations).
+    groups : array-like
+        (P,) int group of each vector (filter or direction).
+
+    Returns
+    -------
+    (groups, lengths) : numpy.ndarray (G,) sorted unique groups, numpy.ndarray (G,) in [0, 1]
+    """
+    groups = np.asarray(groups)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    w = torch.tensor(np.asarray(weights, dtype=np.float32))[:, None]
+    summed = torch.zeros(len(unique), vectors.shape[1]).index_add_(0, torch.from_numpy(inverse.reshape(-1)),
+                                                                   vectors.float() * w)
+    total = torch.zeros(len(unique)).index_add_(0, torch.from_numpy(inverse.reshape(-1)), w[:, 0])
+    return unique, (summed.norm(dim=1) / total.clamp_min(1e-12)).numpy()
+
+
+class RandomDirections:
+    """Random unit directions of a store's channel space, treated as virtual filters.
+
+    Parameters
+    ----------
+    store : ActivationStore
+    n : int
+        Number of directions.
+    seed : int
+    """
+
+    def __init__(self, store, n: int = 64, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        directions = torch.randn(n, store.shape[1], generator=generator)
+        self.store, self.seed = store, seed
+        self.directions = directions / directions.norm(dim=1, keepdim=True)
+        self._maxima = None
+
+    def responses(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) features -> (B, n, h, w) responses w . F_ij of every direction."""
+        return torch.einsum("bchw,nc->bnhw", maps, self.directions.to(maps.device))
+
+    def maxima(self, block: int = 256, show_progress: bool = False) -> np.ndarray:
+        """(N, n) float32 max response of each image over its real cells (-inf for unread images).
+
+        One pass over the store's activations, cached on this object.
+        """
+        if self._maxima is None:
+            n_images = self.store.shape[0]
+            cells = torch.from_numpy(self.store.valid_cells)
+            out = np.full((n_images, len(self.directions)), -np.inf, dtype=np.float32)
+            for start in progress(range(0, n_images, block), enabled=show_progress, desc="random directions"):
+                rows = np.arange(start, min(start + block, n_images))
+                response = self.responses(self.store.features(rows)).flatten(2)
+                inside = cells[rows].flatten(1)[:, None, :]
+                best = response.masked_fill(~inside, -np.inf).amax(dim=2)
+                out[rows] = best.numpy()
+            self._maxima = out
+        return self._maxima
+
+    def top_indices(self, p: int) -> np.ndarray:
+        """(n, p) int64 images with the highest max response per direction, best first."""
+        maxima = self.maxima()
+        p = min(p, len(maxima))
+        return np.argsort(-maxima, axis=0, kind="stable")[:p].T.copy()
+
+    def thresholds(self, quantile: float) -> torch.Tensor:
+        """(n,) each direction's ``quantile`` of its responses over (at most about 1M sampled) real cells."""
+        rng = np.random.default_rng(self.seed)
+        valid_cells = self.store.valid_cells
+        valid = valid_cells.reshape(len(valid_cells), -1).any(1)
+        rows = np.flatnonzero(valid)
+        per_image = int(np.prod(self.store.shape[2:]))
+        rows = np.sort(rng.choice(rows, size=min(len(rows), max(1, _THRESHOLD_CELLS // per_image)), replace=False))
+        values = []
+        for start in range(0, len(rows), 256):
+            part = rows[start:start + 256]
+            cells = torch.from_numpy(valid_cells[part]).flatten(1)
+            values.append(self.responses(self.store.features(part)).flatten(2).permute(1, 0, 2)[:, cells])
+        values = torch.cat(values, dim=1).numpy()
+        return torch.from_numpy(np.quantile(values, quantile, axis=1).astype(np.float32))
