@@ -44,6 +44,19 @@ __all__ = ["BuildInterrupted", "BuildSettings", "build_store", "checked_parts", 
 DTYPES = ("float16", "float32")
 
 
+_MAP_SIZES: dict = {}
+
+
+def layer_map_size(model, layer: str, size: int, device) -> tuple[int, int]:
+    """(h, w) of ``layer``'s maps for ``size``-pixel inputs; one 1-image forward per model, layer and size
+    in a process (many small builds, such as probe scenes, skip it)."""
+    key = (model.fingerprint, layer, size)
+    if key not in _MAP_SIZES:
+        with LayerProbe(model, layer) as probe:
+            _MAP_SIZES[key] = tuple(probe(torch.zeros(1, 3, size, size, device=device)).shape[2:])
+    return _MAP_SIZES[key]
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """How a store is built; every field is checked when the settings are made.
@@ -263,9 +276,7 @@ class _StoreBuild:
 
     def loader(self, first: int) -> torch.utils.data.DataLoader:
         """Batches of images ``first`` to the end, their masks packed and pooled in the workers."""
-        size = int(self.dataset.preprocess.size)
-        with LayerProbe(self.model, self.layer) as probe:
-            map_size = probe(torch.zeros(1, 3, size, size, device=self.device)).shape[2:]
+        map_size = layer_map_size(self.model, self.layer, int(self.dataset.preprocess.size), self.device)
         workers = self.settings.num_workers
         workers = min(2, os.cpu_count() or 1) if workers is None else workers
         return torch.utils.data.DataLoader(
