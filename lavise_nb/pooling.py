@@ -19,8 +19,8 @@ import torch
 from ._utils.cache import cache_dir
 from ._utils.progress import progress
 
-__all__ = ["pool_features", "mask_table", "pooled_masks", "pooled_file", "mask_features", "memory_budget",
-           "image_means", "masked_mean", "POOLED_BUDGET"]
+__all__ = ["pool_features", "mask_table", "pooled_masks", "pooled_file", "remove_stale_pooled", "mask_features",
+           "memory_budget", "image_means", "masked_mean", "POOLED_BUDGET"]
 
 POOLED_BUDGET = 512 << 20   # bytes of pooled training pairs held in memory; above it they are memory-mapped
 
@@ -156,7 +156,7 @@ def pooled_file(store, masks: pd.DataFrame, pooling: str = "mass", folder=None, 
     pathlib.Path
         The file; open it with ``np.load(path, mmap_mode="r")``.
     """
-    from .store.format import slug
+    from .store.format import slug, write_json
     from .store.writers import RowWriter, npy_header
 
     folder = cache_dir("pooled") if folder is None else Path(folder)
@@ -180,7 +180,41 @@ def pooled_file(store, masks: pd.DataFrame, pooling: str = "mass", folder=None, 
         raise
     writer.close()
     os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), {"store": str(Path(store.path).resolve()),
+                                           "manifest": _manifest_digest(Path(store.path))})
+    remove_stale_pooled(folder)
     return path
+
+
+def _manifest_digest(store_path: Path) -> str | None:
+    try:
+        return hashlib.sha256((store_path / "manifest.json").read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def remove_stale_pooled(folder=None) -> list:
+    """Delete pooled files whose store is gone or was rebuilt since (its ``manifest.json`` changed).
+
+    Each file written by :func:`pooled_file` has a ``.json`` beside it naming its store; files
+    without one (older versions) are left alone. A process still reading a deleted file keeps its
+    pages (POSIX). Returns the deleted ``.npy`` paths.
+    """
+    folder = cache_dir("pooled") if folder is None else Path(folder)
+    removed = []
+    for note in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(note.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or not record.get("store") or \
+                _manifest_digest(Path(record["store"])) == record.get("manifest"):
+            continue
+        data = note.with_suffix(".npy")
+        data.unlink(missing_ok=True)
+        note.unlink(missing_ok=True)
+        removed.append(data)
+    return removed
 
 
 def memory_budget() -> int:

@@ -34,6 +34,31 @@ def test_memory_mapped_pooled_pairs_equal_the_in_memory_ones_and_are_reused(tiny
     assert torch.equal(torch.from_numpy(np.load(path)), in_memory)
 
 
+def test_pooled_files_of_removed_or_rebuilt_stores_are_deleted(tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    from lavise_nb.pooling import remove_stale_pooled
+    from lavise_nb.store import ActivationStore
+
+    monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path / "cache"))
+    def edit(store, mark):  # a copy whose manifest differs, as after a rebuild
+        manifest = store.path / "manifest.json"
+        manifest.write_text(manifest.read_text().replace("{", f'{{"{mark}": 1, ', 1))
+        return ActivationStore.open(store.path)
+
+    copies = [edit(ActivationStore.open(shutil.copytree(tiny_store.path, tmp_path / n)), n) for n in ("a", "b")]
+    table = mask_table(tiny_store)
+    live = pooled_file(tiny_store, table)
+    gone, rebuilt = pooled_file(copies[0], table), pooled_file(copies[1], table)
+    assert len({live, gone, rebuilt}) == 3 and all(p.with_suffix(".json").is_file() for p in (live, gone, rebuilt))
+    assert remove_stale_pooled() == []
+    shutil.rmtree(copies[0].path)
+    edit(copies[1], "again")
+    assert sorted(remove_stale_pooled()) == sorted([gone, rebuilt])
+    assert live.is_file() and not gone.exists() and not rebuilt.exists()
+    assert not gone.with_suffix(".json").exists()
+
+
 def test_training_from_the_memory_mapped_pairs_gives_the_same_head(tiny_store, tmp_path, monkeypatch):
     monkeypatch.setenv("LAVISE_NB_CACHE", str(tmp_path))
     _, in_memory = _train(tiny_store, weak_labels=WEAK)
