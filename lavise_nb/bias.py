@@ -60,13 +60,21 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, alpha: float) -> tuple[np.ndar
     return np.minimum(np.asarray(low, dtype=float), share), np.maximum(np.asarray(high, dtype=float), share)
 
 
-def pooled_features(store, block: int = 256) -> np.ndarray:
-    """Global-average-pooled activations of every image of a store, (N, C) float32."""
+def pooled_features(store, block: int = 256, images=None, filters=None) -> np.ndarray:
+    """Global-average-pooled activations of a store's images, (len(images), len(filters)) float32.
+
+    ``images`` and ``filters`` (default: all) are read a block of images at a time, so memory
+    holds only the rows and columns asked for.
+    """
     n, c = store.shape[:2]
-    out = np.zeros((n, c), dtype=np.float32)
-    for start in range(0, n, block):
-        part = np.asarray(store.activations[start:start + block], dtype=np.float32)
-        out[start:start + len(part)] = part.reshape(part.shape[0], c, -1).mean(axis=2)
+    images = np.arange(n) if images is None else np.asarray(images, dtype=np.int64).reshape(-1)
+    filters = np.arange(c) if filters is None else np.asarray(filters, dtype=np.int64).reshape(-1)
+    out = np.zeros((len(images), len(filters)), dtype=np.float32)
+    for start in range(0, len(images), block):
+        rows = images[start:start + block]
+        order = np.argsort(rows, kind="stable")
+        part = np.asarray(store.activations[rows[order]], dtype=np.float32)[:, filters]
+        out[start + order] = part.reshape(part.shape[0], len(filters), -1).mean(axis=2)
     return out
 
 
@@ -476,7 +484,7 @@ class GroupComparison:
         from sklearn.preprocessing import StandardScaler
 
         if self._pooled is None:
-            self._pooled = pooled_features(self.store)[self.images][:, self.filters]
+            self._pooled = pooled_features(self.store, images=self.images, filters=self.filters)
         x = self._pooled
         y = np.array([self.groups.index(g) for g in self.labels])
         n_min = min(self.sizes.values())

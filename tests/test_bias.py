@@ -421,3 +421,14 @@ def test_filters_are_named_by_their_best_supported_word_with_its_score(tiny_stor
     assert table.loc[1, "top_word"] == "dots" and table.loc[1, "word_score"] == 0.2  # no score: its support
     assert table.loc[0, "top_words"] == "circle, red"
     assert np.isnan(table.loc[2, "word_score"]) and table.loc[2, "top_word"] == ""
+
+
+def test_pooled_features_reads_only_the_rows_and_columns_asked_for(tiny_store):
+    from lavise_nb.bias import pooled_features
+
+    maps = np.asarray(tiny_store.activations, dtype=np.float32)
+    full = maps.reshape(maps.shape[0], maps.shape[1], -1).mean(axis=2)
+    assert np.allclose(pooled_features(tiny_store), full)
+    images, filters = [9, 2, 5, 2, 140], [3, 0]
+    assert np.allclose(pooled_features(tiny_store, block=2, images=images, filters=filters),
+                       full[images][:, filters])
