@@ -85,7 +85,10 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     explain = out / "explain"
     table = pd.read_csv(explain / "explanations.csv")
     assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "score", "kind",
-                                   "n_images", "method", "note", "faithfulness"]
+                                   "n_images", "coherence", "null_share", "method", "note", "faithfulness"]
+    per_filter = table.groupby("filter")[["coherence", "null_share"]].nunique(dropna=False)
+    assert (per_filter <= 1).all().all()  # one value per filter
+    assert table["coherence"].dropna().between(0, 1).all() and table["null_share"].dropna().between(0, 1).all()
     named = table.dropna(subset=["word"])
     scores = pd.read_csv(explain / "faithfulness.csv")
     tested = scores[scores["testable"]]
