@@ -19,19 +19,19 @@ import torch
 
 from ._utils.progress import progress
 
-__all__ = ["resultant_length", "RandomDirections", "NULL_LEVEL"]
+__all__ = ["weighted_sums", "resultant_length", "RandomDirections", "NULL_LEVEL"]
 
 NULL_LEVEL = 0.05
 _THRESHOLD_CELLS = 1 << 20
 
 
-def resultant_length(vectors: torch.Tensor, weights, groups) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted resultant length of unit vectors, per group.
+def weighted_sums(vectors: torch.Tensor, weights, groups) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Per group, the weighted sum of its vectors and of its weights.
 
     Parameters
     ----------
     vectors : torch.Tensor
-        (P, dim) unit vectors.
+        (P, dim).
     weights : array-like
         (P,) non-negative weights (max activations).
     groups : array-like
@@ -39,15 +39,24 @@ def resultant_length(vectors: torch.Tensor, weights, groups) -> tuple[np.ndarray
 
     Returns
     -------
+    (groups, sums, totals) : numpy.ndarray (G,) sorted unique groups, torch.Tensor (G, dim), torch.Tensor (G,)
+    """
+    unique, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    inverse = torch.from_numpy(inverse.reshape(-1))
+    w = torch.tensor(np.asarray(weights, dtype=np.float32))
+    sums = torch.zeros(len(unique), vectors.shape[1]).index_add_(0, inverse, vectors.float() * w[:, None])
+    return unique, sums, torch.zeros(len(unique)).index_add_(0, inverse, w)
+
+
+def resultant_length(vectors: torch.Tensor, weights, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted resultant length of unit vectors (P, dim), per group (see :func:`weighted_sums`).
+
+    Returns
+    -------
     (groups, lengths) : numpy.ndarray (G,) sorted unique groups, numpy.ndarray (G,) in [0, 1]
     """
-    groups = np.asarray(groups)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    w = torch.tensor(np.asarray(weights, dtype=np.float32))[:, None]
-    summed = torch.zeros(len(unique), vectors.shape[1]).index_add_(0, torch.from_numpy(inverse.reshape(-1)),
-                                                                   vectors.float() * w)
-    total = torch.zeros(len(unique)).index_add_(0, torch.from_numpy(inverse.reshape(-1)), w[:, 0])
-    return unique, (summed.norm(dim=1) / total.clamp_min(1e-12)).numpy()
+    unique, sums, totals = weighted_sums(vectors, weights, groups)
+    return unique, (sums.norm(dim=1) / totals.clamp_min(1e-12)).numpy()
 
 
 class RandomDirections:

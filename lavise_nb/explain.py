@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ._utils.progress import progress
 from .calibration import vocabulary_name
-from .coherence import NULL_LEVEL, RandomDirections, resultant_length
+from .coherence import NULL_LEVEL, RandomDirections, resultant_length, weighted_sums
 from .config import METHODS, ExplainSettings
 from .mapper import masked_mean, pool_features
 from .probe import LayerProbe, resolve_device
@@ -143,14 +143,7 @@ class FilterExplainer:
     def pairs(self, filters=None) -> pd.DataFrame:
         """The (filter, image) pairs that carry evidence: top-p images with max activation > 0."""
         filters = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
-        top = self.store.top_indices(self.settings.p, filters)
-        maxima = np.asarray(self.store.maxima)
-        table = pd.DataFrame({
-            "filter": np.repeat(filters, top.shape[1]),
-            "image": top.reshape(-1),
-        })
-        table["activation"] = maxima[table["image"], table["filter"]].astype(np.float32)
-        return table[table["activation"] > 0].reset_index(drop=True)
+        return _evidence_pairs(filters, self.store.top_indices(self.settings.p, filters), self.store.maxima)
 
     def pair_features(self, pairs: pd.DataFrame, directions: RandomDirections | None = None) -> torch.Tensor:
         """Pooled features of each (filter, image) pair under the chosen method; (P, C).
@@ -287,10 +280,8 @@ class FilterExplainer:
             return np.zeros(0)
         if "null" not in self._cache:
             directions = RandomDirections(self.store, n, seed=0)
-            top = directions.top_indices(self.settings.p)
-            pairs = pd.DataFrame({"filter": np.repeat(np.arange(n), top.shape[1]), "image": top.reshape(-1)})
-            pairs["activation"] = directions.maxima(show_progress=self.show_progress)[pairs["image"], pairs["filter"]]
-            pairs = pairs[pairs["activation"] > 0].reset_index(drop=True)
+            maxima = directions.maxima(show_progress=self.show_progress)
+            pairs = _evidence_pairs(np.arange(n), directions.top_indices(self.settings.p), maxima)
             vectors = self.mapper.embed(self.pair_features(pairs, directions))
             self._cache["null"] = resultant_length(vectors, pairs["activation"], pairs["filter"])[1]
         return self._cache["null"]
@@ -345,7 +336,7 @@ class FilterExplainer:
         pairs, _, index_top, scores_top = self._pair_words(filters, self.filter_gamma)
         wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
         rows = []
-        agreement = self.coherence(wanted).set_index("filter")
+        agreement = self.coherence(filters).set_index("filter")
         votes = self.votes(pairs, index_top, scores_top)
         n_images = pairs.groupby("filter").size()
         evidence = pairs.groupby("filter")["activation"].sum()
@@ -432,12 +423,8 @@ class FilterExplainer:
         (filters, vectors) : numpy.ndarray (F,), torch.Tensor (F, dim) unit-norm
         """
         pairs, vectors, _ = self.pair_vectors(filters)
-        ids = pairs["filter"].to_numpy()
-        unique, inverse = np.unique(ids, return_inverse=True)
-        weights = torch.tensor(pairs["activation"].to_numpy(), dtype=torch.float32)[:, None]
-        summed = torch.zeros(len(unique), vectors.shape[1]).index_add_(0, torch.from_numpy(inverse),
-                                                                       vectors * weights)
-        return unique, F.normalize(summed, dim=1)
+        unique, sums, _ = weighted_sums(vectors, pairs["activation"], pairs["filter"])
+        return unique, F.normalize(sums, dim=1)
 
     def lookup(self, phrase: str, k: int = 10) -> pd.DataFrame:
         """Reverse look-up: the filters whose explanations are closest to a word or phrase.
@@ -463,6 +450,14 @@ class FilterExplainer:
             "query": phrase, "rank": np.arange(1, len(order) + 1), "filter": filters[order],
             "score": scores[order], "words": [words.get(f, "") for f in filters[order]],
         })
+
+
+def _evidence_pairs(ids: np.ndarray, top: np.ndarray, maxima) -> pd.DataFrame:
+    """(filter, image, activation) rows of each id's top images (ids (F,), top (F, p), maxima (N, >ids)),
+    those with max activation > 0 only."""
+    table = pd.DataFrame({"filter": np.repeat(ids, top.shape[1]), "image": top.reshape(-1)})
+    table["activation"] = np.asarray(maxima)[table["image"], table["filter"]].astype(np.float32)
+    return table[table["activation"] > 0].reset_index(drop=True)
 
 
 def hub_note(explanations: pd.DataFrame, max_share: float = 0.5) -> str:

@@ -248,13 +248,13 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     method = rows["method"].iloc[0] if len(rows) and "method" in rows else ""
     title = f"filter {filter}" + (f" of {layer}" if layer else "") + (f"  ({method})" if method else "")
     fig.text(0.01, 0.985, title, fontsize=12, fontweight="bold", va="top")
+    fig.text(0.01, 0.945, f"top {n} images; yellow outline: activation > threshold "
+                          f"{float(store.thresholds[filter]):.2f}; words under each image: that image's own top "
+                          f"{n_words}", fontsize=8, va="top", color="#444444")
     agreement = _agreement_note(rows)
     if agreement:
         fig.text(0.01, 0.91, agreement, fontsize=8, va="top",
                  color="#b35900" if agreement.startswith("no more") else "#2e7d32")
-    fig.text(0.01, 0.945, f"top {n} images; yellow outline: activation > threshold "
-                          f"{float(store.thresholds[filter]):.2f}; words under each image: that image's own top "
-                          f"{n_words}", fontsize=8, va="top", color="#444444")
     return fig
 
 

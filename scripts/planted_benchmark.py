@@ -201,14 +201,14 @@ def summary(ranks: pd.DataFrame, probes: pd.DataFrame, notes: list, clock: Clock
     order = list(dict.fromkeys(concepts["concept"]))
     pivot = concepts.set_index(settings + ["concept"])["rank"].unstack("concept").reindex(columns=order)
     n_noise = int(noise.groupby(settings).size().max()) if len(noise) else 0
-    noise_view = noise.assign(flagged=noise["null_share"] > NULL_LEVEL).groupby(settings).agg(
-        named_by_planted=("top_is_planted", "sum"), noise_share=("top_share", "median"),
-        noise_flagged=("flagged", "sum"), noise_coherence=("coherence", "median"))
-    planted_view = concepts.assign(flagged=concepts["null_share"] > NULL_LEVEL).groupby(settings).agg(
-        planted_share=("top_share", "median"), planted_flagged=("flagged", "sum"),
-        planted_coherence=("coherence", "median"))
+    def view(channels, name):  # median top-word share, channels flagged by coherence, median coherence
+        return channels.assign(flagged=channels["null_share"] > NULL_LEVEL).groupby(settings).agg(
+            **{f"{name}_share": ("top_share", "median"), f"{name}_flagged": ("flagged", "sum"),
+               f"{name}_coherence": ("coherence", "median")})
+
+    named = noise.groupby(settings)["top_is_planted"].sum().rename("named_by_planted")
     n_planted = int(concepts.groupby(settings).size().max()) if len(concepts) else 0
-    table = pivot.join(noise_view).join(planted_view).reset_index()
+    table = pivot.join(named).join(view(noise, "noise")).join(view(concepts, "planted")).reset_index()
     lines = [f"# Planted detectors: EfficientNet-Lite0 `{LAYER}`, StampScenes, {args.n_images} images", "",
              f"Candidates: WordNet concrete nouns plus the store's concepts; p={p} top images per filter, "
              f"{args.top_words} words listed per filter (`>{args.top_words}`: not among them); weak labels "
