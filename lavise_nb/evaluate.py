@@ -105,17 +105,19 @@ def recall(truth: pd.DataFrame, words: pd.DataFrame, ks=(5, 10, 20), by=("filter
         Columns ``k, recall, pairs`` (pairs = (filter, image) pairs with non-empty G).
     """
     by = list(by)
-    ranked = words.dropna(subset=["word"]).sort_values(by + ["rank"])
-    lists = ranked.groupby(by)["word"].apply(list).to_dict()
-    truth_sets = truth.groupby(["filter", "image"])["concept"].apply(set)
+    ranked = words.dropna(subset=["word"]).sort_values(by + ["rank"], kind="stable")
+    ranked = ranked.assign(position=ranked.groupby(by).cumcount())
+    first = ranked.groupby(by + ["word"], as_index=False, observed=True)["position"].min()
+    given = truth[["filter", "image", "concept"]].drop_duplicates()
+    given = given.astype({"concept": object}).merge(
+        first.astype({"word": object}).rename(columns={"word": "concept"}), on=by + ["concept"], how="left")
+    pair = given.groupby(["filter", "image"]).ngroup().to_numpy()
+    sizes = np.bincount(pair).astype(float)
+    position = given["position"].to_numpy(dtype=float, na_value=np.inf)
     rows = []
     for k in ks:
-        values = []
-        for (f, i), concepts in truth_sets.items():
-            key = f if by == ["filter"] else (f, i)
-            top = set(lists.get(key, [])[:k])
-            values.append(len(concepts & top) / len(concepts))
-        rows.append(dict(k=k, recall=float(np.mean(values)) if values else np.nan, pairs=len(values)))
+        hits = np.bincount(pair, weights=position < k, minlength=len(sizes))
+        rows.append(dict(k=k, recall=float(np.mean(hits / sizes)) if len(sizes) else np.nan, pairs=len(sizes)))
     return pd.DataFrame(rows)
 
 

@@ -26,6 +26,16 @@ def test_recall_on_a_hand_made_case():
     assert by_image.loc[2, "recall"] == pytest.approx((1 / 2 + 1 + 0) / 3)
 
 
+def test_recall_counts_a_repeated_word_or_truth_row_once():
+    truth = pd.DataFrame({"filter": [0, 0, 0], "image": [5, 5, 5], "concept": ["dog", "dog", "cat"]})
+    words = pd.DataFrame({"filter": [0, 0, 0], "rank": [1, 2, 3], "word": ["dog", "dog", "cat"]})
+    table = recall(truth, words, ks=(1, 2, 3)).set_index("k")
+    assert table["recall"].tolist() == pytest.approx([1 / 2, 1 / 2, 1.0])
+    assert (table["pairs"] == 1).all()
+    empty = recall(truth.iloc[:0], words, ks=(1,))
+    assert empty["pairs"].iloc[0] == 0 and pd.isna(empty["recall"].iloc[0])
+
+
 def test_oracle_words_reach_the_best_recall_of_any_list():
     # filter 0: dog is in all three pairs, cat in two, grass and sky in one each
     truth = pd.DataFrame({"filter": [0] * 7 + [1], "image": [1, 1, 2, 2, 3, 3, 3, 4],
