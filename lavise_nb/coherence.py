@@ -14,6 +14,8 @@ layer's channels (``null_share`` > 0.05) is one whose words should not be taken 
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -68,14 +70,31 @@ class RandomDirections:
     n : int
         Number of directions.
     seed : int
+    directions : torch.Tensor, optional
+        (n, C) given unit directions instead of drawn ones (``n`` and ``seed`` are then ignored).
     """
 
-    def __init__(self, store, n: int = 64, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        directions = torch.randn(n, store.shape[1], generator=generator)
-        self.store, self.seed = store, seed
-        self.directions = directions / directions.norm(dim=1, keepdim=True)
+    def __init__(self, store, n: int = 64, seed: int = 0, directions: torch.Tensor | None = None):
+        if directions is None:
+            directions = torch.randn(n, store.shape[1], generator=torch.Generator().manual_seed(seed))
+            directions = directions / directions.norm(dim=1, keepdim=True)
+        elif directions.shape[1] != store.shape[1]:
+            raise ValueError(f"the directions have {directions.shape[1]} channels, the store {store.shape[1]}: "
+                             "use a store of the same layer")
+        self.store, self.seed, self.directions = store, seed, directions
         self._maxima = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the directions' values (equal directions, equal fingerprint)."""
+        return hashlib.sha1(self.directions.numpy().tobytes()).hexdigest()[:16]
+
+    def on(self, store) -> "RandomDirections":
+        """The same directions on another store of the same layer (for example probe scenes)."""
+        return RandomDirections(store, seed=self.seed, directions=self.directions)
+
+    def __len__(self) -> int:
+        return len(self.directions)
 
     def responses(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) features -> (B, n, h, w) responses w . F_ij of every direction."""

@@ -259,7 +259,10 @@ class FilterExplainer:
             share is at most :data:`~lavise_nb.coherence.NULL_LEVEL`.
         """
         wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
-        pairs, vectors = self.explainer_vectors(filters)
+        return self._agreement(*self.explainer_vectors(filters), wanted)
+
+    def _agreement(self, pairs: pd.DataFrame, vectors: torch.Tensor, wanted: np.ndarray) -> pd.DataFrame:
+        """:meth:`coherence`'s table for the ids ``wanted`` from their pairs and vectors (P, dim)."""
         ids, lengths = resultant_length(vectors, pairs["activation"], pairs["filter"])
         values = pd.Series(lengths, index=ids).reindex(wanted).to_numpy()
         null = self.null_coherence()
@@ -279,12 +282,36 @@ class FilterExplainer:
         if n == 0 or self.settings.method == "image_masking":
             return np.zeros(0)
         if "null" not in self._cache:
-            directions = RandomDirections(self.store, n, seed=0)
-            maxima = directions.maxima(show_progress=self.show_progress)
-            pairs = _evidence_pairs(np.arange(n), directions.top_indices(self.settings.p), maxima)
-            vectors = self.mapper.embed(self.pair_features(pairs, directions))
+            pairs, vectors = self.direction_vectors(RandomDirections(self.store, n, seed=0))
             self._cache["null"] = resultant_length(vectors, pairs["activation"], pairs["filter"])[1]
         return self._cache["null"]
+
+    def direction_vectors(self, directions: RandomDirections) -> tuple[pd.DataFrame, torch.Tensor]:
+        """Random directions as filters: their evidence pairs (``filter`` = direction) and vectors (P, dim).
+
+        The same top-p images (by max response), pooling and head as filters get; no class prior.
+        """
+        maxima = directions.maxima(show_progress=self.show_progress)
+        pairs = _evidence_pairs(np.arange(len(directions)), directions.top_indices(self.settings.p), maxima)
+        return pairs, self.mapper.embed(self.pair_features(pairs, directions))
+
+    def explain_directions(self, directions: RandomDirections) -> pd.DataFrame:
+        """Name random directions of the layer the way :meth:`explain` names filters: a baseline for them.
+
+        Without the class prior (its crops follow a filter's own regions), so compare with an
+        explainer that has ``prior=None``. A filter's words that are no truer (for example by
+        :meth:`ProbeScenes.score` with ``directions``) than a random direction's say little about the filter.
+
+        Returns
+        -------
+        pandas.DataFrame
+            :meth:`explain`'s columns; ``filter`` is the direction's index.
+        """
+        pairs, vectors = self.direction_vectors(directions)
+        index_top, scores_top = self.top_words_of(vectors, self.filter_gamma, self.settings.image_k,
+                                                  self._word_hubness(vectors))
+        ids = np.arange(len(directions))
+        return self._word_table(pairs, index_top, scores_top, ids, self._agreement(pairs, vectors, ids))
 
     def top_words_of(self, vectors: torch.Tensor, gamma: float, k: int,
                      local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,8 +362,13 @@ class FilterExplainer:
         """
         pairs, _, index_top, scores_top = self._pair_words(filters, self.filter_gamma)
         wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
+        return self._word_table(pairs, index_top, scores_top, wanted, self.coherence(filters))
+
+    def _word_table(self, pairs: pd.DataFrame, index_top: torch.Tensor, scores_top: torch.Tensor,
+                    wanted: np.ndarray, agreement: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`explain`'s table from the pairs, their top words (P, k) and the :meth:`coherence` table."""
         rows = []
-        agreement = self.coherence(filters).set_index("filter")
+        agreement = agreement.set_index("filter")
         votes = self.votes(pairs, index_top, scores_top)
         n_images = pairs.groupby("filter").size()
         evidence = pairs.groupby("filter")["activation"].sum()

@@ -33,7 +33,7 @@ from .config import check_int
 from .regions import filter_maps, masks_at
 
 __all__ = ["PresenceScore", "ProbeScenes", "PRESENCE_COLUMNS", "PROBE_COLUMNS", "presence_scores",
-           "sanity_checks", "coverage", "attach_faithfulness", "first_words"]
+           "sanity_checks", "coverage", "attach_faithfulness", "first_words", "against_random_directions"]
 
 PRESENCE_COLUMNS = ["filter", "word", "testable", "n_images", "n_positive", "correlation", "auprc", "auprc_chance",
                     "auc", "auc_p", "pixel_auprc", "pixel_chance"]
@@ -211,6 +211,7 @@ class ProbeScenes:
         self.root = root
         self.objects = set(usable_rows(stamp_table(), photos_only=True)["concept"])
         self.backgrounds = set(usable_rows(background_table(), photos_only=False)["concept"].dropna())
+        self._stores: dict = {}
         self._maxima: dict = {}
 
     def testable(self, word: str) -> bool:
@@ -228,40 +229,60 @@ class ProbeScenes:
         return ActivationStore.build(self.model, self.layer, data, root, BuildSettings(num_workers=0),
                                      device=self.device, show_progress=False)
 
-    def activations(self, word: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(n, C) per-image max activations of the scenes composed for ``word`` (None: the controls),
-        and (n,) whether each contains ``word``."""
-        if word not in self._maxima:
+    def store(self, word: str | None):
+        """The activation store of the scenes composed for ``word`` (None: the controls), built once."""
+        if word not in self._stores:
             if word is None:
-                store = self._store({}, self.seed)
+                self._stores[word] = self._store({}, self.seed)
             else:
                 key = {"object_weights": {word: self.weight}} if word in self.objects else \
                     {"background_weights": {word: self.weight}}
-                store = self._store(key, self.seed + 1 + zlib.crc32(word.encode()) % 100_000)
+                self._stores[word] = self._store(key, self.seed + 1 + zlib.crc32(word.encode()) % 100_000)
+        return self._stores[word]
+
+    def activations(self, word: str | None, directions=None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, C) per-image max activations of the scenes composed for ``word`` (None: the controls),
+        and (n,) whether each contains ``word``.
+
+        With ``directions`` (:class:`~lavise_nb.coherence.RandomDirections` of the layer), (n, n_directions)
+        max responses of those directions instead of the filters.
+        """
+        key = (word, None if directions is None else directions.fingerprint)
+        if key not in self._maxima:
+            store = self.store(word)
             valid = np.asarray(store.valid)
+            maxima = store.maxima if directions is None else directions.on(store).maxima()
             per_image = store.objects.groupby("image")["concept"].apply(set)
-            self._maxima[word] = (np.asarray(store.maxima, dtype=np.float32)[valid], per_image.reindex(
+            self._maxima[key] = (np.asarray(maxima, dtype=np.float32)[valid], per_image.reindex(
                 np.flatnonzero(valid)).apply(lambda c: c if isinstance(c, set) else set()).to_numpy())
-        maxima, contents = self._maxima[word]
+        maxima, contents = self._maxima[key]
         if word is None:
             return maxima, contents
         return maxima, np.array([word in c for c in contents])
 
-    def score(self, pairs: pd.DataFrame) -> pd.DataFrame:
+    def score(self, pairs: pd.DataFrame, directions=None) -> pd.DataFrame:
         """AUC and MAD of each (filter, word) pair on its probe and control scenes.
+
+        Parameters
+        ----------
+        pairs : pandas.DataFrame
+            ``filter, word`` rows (other columns are kept).
+        directions : RandomDirections, optional
+            Score random directions of the layer instead: ``filter`` indexes them
+            (:meth:`FilterExplainer.explain_directions` names them).
 
         Returns
         -------
         pandas.DataFrame
             The pairs with :data:`PROBE_COLUMNS`.
         """
-        control_maxima, control_contents = self.activations(None)
+        control_maxima, control_contents = self.activations(None, directions)
         rows = []
         for f, word in progress(list(zip(pairs["filter"], pairs["word"])), enabled=self.show_progress,
                                 desc="probe scenes"):
             row = dict(filter=int(f), word=word, testable=self.testable(word))
             if row["testable"]:
-                maxima, contains = self.activations(word)
+                maxima, contains = self.activations(word, directions)
                 controls = control_maxima[np.array([word not in c for c in control_contents]), int(f)]
                 probes = maxima[contains, int(f)]
                 row.update(n_probe=len(probes), n_control=len(controls))
@@ -316,11 +337,44 @@ def sanity_checks(activation: np.ndarray, presence: np.ndarray, scores=None, see
     return pd.DataFrame(rows)
 
 
-def coverage(scores: pd.DataFrame, n_filters: int | None = None) -> str:
-    """``"248 of 320 filters testable (78 %)"``: how many filters a score table could test."""
+def against_random_directions(explainer, probes: "ProbeScenes", n: int = 64, seed: int = 0) -> pd.DataFrame:
+    """Probe-scene scores of the filters' first words beside those of random directions named alike.
+
+    A name that is as true of a random mix of the layer's channels as of a filter says that the
+    word is in the layer, not that the filter is special. Both sides are named without the class
+    prior (a random direction has no regions to crop), so ``explainer.prior`` must be None.
+
+    Parameters
+    ----------
+    explainer : FilterExplainer
+        Without a prior; its settings name both the filters and the directions.
+    probes : ProbeScenes
+        Of the explainer's model and layer.
+    n, seed : int
+        The :class:`~lavise_nb.coherence.RandomDirections` drawn.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`PROBE_COLUMNS` plus ``rank, unit`` (``"filter"`` or ``"random direction"``, whose
+        ``filter`` is the direction's index).
+    """
+    from .coherence import RandomDirections
+
+    if explainer.prior is not None:
+        raise ValueError("against_random_directions names both sides without the class prior: pass an explainer "
+                         "with prior=None (FilterExplainer(..., prior=None))")
+    directions = RandomDirections(explainer.store, n, seed=seed)
+    filters = probes.score(first_words(explainer.explain(), 1)).assign(unit="filter")
+    random = probes.score(first_words(explainer.explain_directions(directions), 1), directions=directions)
+    return pd.concat([filters, random.assign(unit="random direction")], ignore_index=True)
+
+
+def coverage(scores: pd.DataFrame, n_filters: int | None = None, units: str = "filters") -> str:
+    """``"248 of 320 filters testable (78 %)"``: how many filters (or other ``units``) a score table could test."""
     tested = scores.loc[scores["testable"].astype(bool), "filter"].nunique()
     total = scores["filter"].nunique() if n_filters is None else n_filters
-    return f"{tested} of {total} filters testable ({tested / max(total, 1):.0%})"
+    return f"{tested} of {total} {units} testable ({tested / max(total, 1):.0%})"
 
 
 def attach_faithfulness(explanations: pd.DataFrame, scores: pd.DataFrame, column: str = "auc") -> pd.DataFrame:

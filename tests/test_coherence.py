@@ -31,7 +31,11 @@ def test_random_direction_maxima_and_top_images_match_a_direct_computation(tiny_
     assert np.array_equal(directions.top_indices(4)[:, 0], expected.argmax(0))
     assert torch.allclose(directions.directions.norm(dim=1), torch.ones(5))
     again = RandomDirections(tiny_store, n=5, seed=3)
-    assert torch.equal(again.directions, directions.directions)
+    assert torch.equal(again.directions, directions.directions) and again.fingerprint == directions.fingerprint
+    moved = directions.on(tiny_store)
+    assert moved.directions is directions.directions and np.array_equal(moved.maxima(), directions.maxima())
+    with pytest.raises(ValueError, match="same layer"):
+        RandomDirections(tiny_store, directions=torch.ones(2, tiny_store.shape[1] + 1))
 
 
 @pytest.mark.parametrize("method", ["attention", "activation_masking"])
@@ -49,6 +53,26 @@ def test_a_one_hot_direction_is_explained_exactly_as_its_filter(tiny_store, mapp
     assert set(top.tolist()) == set(real["image"].tolist())
     virtual = real.assign(filter=0)
     assert torch.allclose(explainer.pair_features(virtual, directions), explainer.pair_features(real), atol=1e-5)
+
+
+def test_one_hot_directions_are_named_as_their_filters(tiny_store, mapper, space):
+    explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, null_directions=8))
+    filters = [COLOUR_FILTERS["red"], COLOUR_FILTERS["blue"]]
+    directions = RandomDirections(tiny_store, n=2)
+    directions.directions = torch.zeros(2, tiny_store.shape[1])
+    directions.directions[[0, 1], filters] = 1.0
+    named = explainer.explain_directions(directions)
+    real = explainer.explain(filters)
+    assert named["filter"].tolist() == real["filter"].map({filters[0]: 0, filters[1]: 1}).tolist()
+    assert named["word"].tolist() == real["word"].tolist()
+    for column in ("votes", "support", "score", "n_images", "coherence", "null_share"):
+        assert np.allclose(named[column], real[column], rtol=1e-3), column   # maxima: float16 maps vs the build's
+    assert named.loc[0, "word"] == "red"
+    shuffled = explainer.explain_directions(RandomDirections(tiny_store, n=3, seed=1))
+    assert sorted(shuffled["filter"].unique()) == [0, 1, 2]
+    named = shuffled.dropna(subset=["word"])
+    assert named["null_share"].between(0, 1).all()
+    assert shuffled.loc[shuffled["word"].isna(), "coherence"].isna().all()   # a direction no image responds to
 
 
 def test_coherence_column_and_its_null(tiny_store, mapper, space):

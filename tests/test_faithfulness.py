@@ -2,9 +2,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from lavise_nb.faithfulness import (PRESENCE_COLUMNS, PresenceScore, ProbeScenes, attach_faithfulness, coverage,
-                                    presence_scores, sanity_checks, first_words)
+from lavise_nb.coherence import RandomDirections
+from lavise_nb.config import ExplainSettings
+from lavise_nb.explain import FilterExplainer
+from lavise_nb.faithfulness import (PRESENCE_COLUMNS, PresenceScore, ProbeScenes, against_random_directions,
+                                    attach_faithfulness, coverage, first_words, presence_scores, sanity_checks)
 from tests.conftest import COLOUR_FILTERS
 
 
@@ -56,13 +60,50 @@ def test_probe_scores_use_the_probes_and_drop_controls_that_hold_the_concept(mon
     controls = (np.array([[0.0, 1.0], [0.1, 1.0], [9.0, 1.0], [0.2, 1.0]]),
                 np.array([{"dog"}, {"forest"}, {"tiger"}, set()], dtype=object))
     tigers = (np.array([[3.0, 1.0], [4.0, 1.0], [0.0, 1.0]]), np.array([True, True, False]))
-    monkeypatch.setattr(probe, "activations", lambda word: controls if word is None else tigers, raising=False)
+    monkeypatch.setattr(probe, "activations", lambda word, directions=None: controls if word is None else tigers,
+                        raising=False)
     table = probe.score(pd.DataFrame({"filter": [0, 1, 0], "word": ["tiger", "tiger", "sofa"]}))
     first = table.iloc[0]
     assert (first["n_probe"], first["n_control"]) == (2, 3)  # the control with a tiger is dropped
     assert first["auc"] == 1.0 and first["mad"] == pytest.approx((3.5 - 0.1) / np.std([0.0, 0.1, 0.2]))
     assert table.iloc[1]["auc"] == 0.5 and np.isnan(table.iloc[1]["mad"])  # constant activations
     assert not table.iloc[2]["testable"]
+
+
+def test_probe_scores_of_one_hot_directions_equal_their_filters(tiny_store, monkeypatch):
+    """Scoring random directions goes through the same probes; a channel's one-hot direction scores as it."""
+    probe = object.__new__(ProbeScenes)
+    probe.objects, probe.backgrounds, probe.show_progress = {"red", "circle"}, set(), False
+    probe._stores, probe._maxima = {}, {}
+    monkeypatch.setattr(probe, "store", lambda word: tiny_store, raising=False)
+    filters = [COLOUR_FILTERS["red"], COLOUR_FILTERS["green"]]
+    directions = RandomDirections(tiny_store, n=2)
+    directions.directions = torch.zeros(2, tiny_store.shape[1])
+    directions.directions[[0, 1], filters[::-1]] = 1.0   # direction 0 is the green filter, 1 the red one
+    pairs = pd.DataFrame({"filter": filters, "word": ["red", "circle"]})
+    real = probe.score(pairs)
+    virtual = probe.score(pairs.assign(filter=[1, 0]), directions=directions)
+    assert real["auc"].notna().all() and real.loc[0, "auc"] > 0.9   # the planted red filter
+    pd.testing.assert_frame_equal(virtual.drop(columns="filter"), real.drop(columns="filter"), rtol=1e-3)
+    other = RandomDirections(tiny_store, n=2, seed=1)
+    assert other.fingerprint != directions.fingerprint
+    assert not probe.score(pairs.assign(filter=[0, 1]), directions=other)["auc"].equals(real["auc"])
+
+
+def test_against_random_directions_scores_filters_and_directions_alike(tiny_store, mapper, space, monkeypatch):
+    probe = object.__new__(ProbeScenes)
+    probe.objects, probe.backgrounds, probe.show_progress = set(tiny_store.concepts), set(), False
+    probe._stores, probe._maxima = {}, {}
+    monkeypatch.setattr(probe, "store", lambda word: tiny_store, raising=False)
+    explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, null_directions=0))
+    table = against_random_directions(explainer, probe, n=5, seed=2)
+    filters, random = table[table["unit"] == "filter"], table[table["unit"] == "random direction"]
+    assert len(filters) == tiny_store.shape[1] and 0 < len(random) <= 5
+    assert filters.set_index("filter").loc[COLOUR_FILTERS["red"], "auc"] > 0.9
+    assert table.loc[table["testable"], "auc"].between(0, 1).all()
+    explainer.prior = object()
+    with pytest.raises(ValueError, match="prior=None"):
+        against_random_directions(explainer, probe)
 
 
 def test_faithfulness_column_joins_where_testable():
