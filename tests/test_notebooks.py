@@ -18,7 +18,7 @@ DOCUMENTED = {
                                           "weak_labels", "class_prior"],
     "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
-                                          "class_prior", "faithfulness", "probe_images"],
+                                          "class_prior", "faithfulness", "probe_images", "random_directions"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -46,7 +46,7 @@ def test_parameters_are_documented_literals(name):
 def ran(trained_notebook):
     out, first = trained_notebook  # 01 with output_dir=out, max_epochs=2, p=5, **SMALL (tests/conftest.py)
     second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
-                  query="car", probe_images=6, **SMALL)
+                  query="car", probe_images=6, random_directions=8, **SMALL)
     return out, first, second
 
 
@@ -95,6 +95,10 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     assert len(scores) == named["filter"].nunique() and len(tested) > 0 and tested["auc"].between(0, 1).all()
     firsts = table[(table["rank"] == 1)].set_index("filter")
     assert firsts.loc[tested["filter"], "faithfulness"].to_numpy() == pytest.approx(tested["auc"].to_numpy())
+    baseline = pd.read_csv(explain / "random_directions.csv")
+    units = baseline.groupby("unit")["filter"].agg(["nunique", "max"])
+    assert units.loc["filter", "nunique"] == named["filter"].nunique() and units.loc["random direction", "max"] < 8
+    assert baseline.loc[baseline["testable"], "auc"].dropna().between(0, 1).all()
     assert table["filter"].nunique() == 320 and named.groupby("filter").size().max() == 5
     assert set(named["kind"]) <= {"seen", "unseen", "zero-shot"} and (named["votes"] > 0).all()
     words = pd.read_csv(explain / "image_words.csv")
