@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lavise_nb.coherence import direction_maxima, draw_directions
 from lavise_nb.store.format import FORMAT, folder_name, write_manifest
 from lavise_nb.store.masks import VALID_CELLS, pool_masks
 from lavise_nb.store.thresholds import TailHistogram, load_histogram, store_thresholds
@@ -92,6 +93,9 @@ def write_store(root: Path, images: int, channels: int = 2048, map_side: int = 7
     packed = RowWriter(folder / "object_masks.npy", (n_objects, (image_size ** 2 + 7) // 8), np.uint8)
     small = RowWriter(folder / "object_masks_small.npy", (n_objects, h, w), np.float32)
     histogram = TailHistogram(channels, "cpu")
+    directions = draw_directions(channels)        # the coherence null's, kept as a build keeps them
+    np.save(folder / "null_directions.npy", directions.numpy())
+    null = RowWriter(folder / "null_maxima.npy", (images, len(directions)), np.float32)
     image_of, concept_of, area_of = [], [], []
     at = 0
     try:
@@ -110,6 +114,8 @@ def write_store(root: Path, images: int, channels: int = 2048, map_side: int = 7
             acts.write(start, half)
             maxima.write(start, half.reshape(stop - start, channels, -1).max(2).astype(np.float32))
             histogram.add(torch.from_numpy(half), QUANTILE)
+            null.write(start, direction_maxima(torch.from_numpy(half), directions,
+                                               torch.ones(stop - start, h, w, dtype=torch.bool)).numpy())
             flat = full.reshape(len(full), -1)
             packed.write(at, np.packbits(flat, axis=1))
             small.write(at, pooled)
@@ -120,7 +126,7 @@ def write_store(root: Path, images: int, channels: int = 2048, map_side: int = 7
             if b % 40 == 0:
                 log(f"  {stop}/{images} images written")
     finally:
-        for writer in (acts, maxima, packed, small):
+        for writer in (acts, maxima, null, packed, small):
             writer.close()
     histogram.save(folder / "histogram.npz")
     cells = np.ones((images, h, w), bool)

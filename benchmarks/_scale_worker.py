@@ -101,7 +101,7 @@ def main() -> None:
         prior=None).fit())
     mapper = mapper.calibrated(record)
     explainer = FilterExplainer(store, mapper, space, "concepts", settings, device="cpu")
-    run("coherence null (random directions: one pass over the store, linear in N)", explainer.null_coherence)
+    run("coherence null (64 random directions; the store keeps their maxima)", explainer.null_coherence)
     explanations = run("explain all filters", explainer.explain)
     n, c, h, w = store.shape
     facts.update(images=n, channels=c, map=[h, w], objects=len(store.objects), masks=len(trainer.masks),

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 
 from ._utils.progress import progress
+from .config import ExplainSettings
 
-__all__ = ["weighted_sums", "resultant_length", "RandomDirections", "NULL_LEVEL"]
+__all__ = ["weighted_sums", "resultant_length", "RandomDirections", "draw_directions", "direction_maxima",
+           "NULL_LEVEL", "NULL_DIRECTIONS"]
 
 NULL_LEVEL = 0.05
+NULL_DIRECTIONS = ExplainSettings.null_directions   # the null's directions; a store keeps their maxima from its build
 _THRESHOLD_CELLS = 1 << 20
 
 
@@ -74,10 +77,9 @@ class RandomDirections:
         (n, C) given unit directions instead of drawn ones (``n`` and ``seed`` are then ignored).
     """
 
-    def __init__(self, store, n: int = 64, seed: int = 0, directions: torch.Tensor | None = None):
+    def __init__(self, store, n: int = NULL_DIRECTIONS, seed: int = 0, directions: torch.Tensor | None = None):
         if directions is None:
-            directions = torch.randn(n, store.shape[1], generator=torch.Generator().manual_seed(seed))
-            directions = directions / directions.norm(dim=1, keepdim=True)
+            directions = draw_directions(store.shape[1], n, seed)
         elif directions.shape[1] != store.shape[1]:
             raise ValueError(f"the directions have {directions.shape[1]} channels, the store {store.shape[1]}: "
                              "use a store of the same layer")
@@ -98,23 +100,26 @@ class RandomDirections:
 
     def responses(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) features -> (B, n, h, w) responses w . F_ij of every direction."""
-        return torch.einsum("bchw,nc->bnhw", maps, self.directions.to(maps.device))
+        return _responses(maps, self.directions)
 
     def maxima(self, block: int = 256, show_progress: bool = False) -> np.ndarray:
         """(N, n) float32 max response of each image over its real cells (-inf for unread images).
 
-        One pass over the store's activations, cached on this object.
+        The store's own (``null_maxima.npy``, kept by its build) when it holds these directions;
+        else one pass over its activations. Cached on this object.
         """
         if self._maxima is None:
+            kept = getattr(self.store, "null_directions", None)
+            if kept is not None and kept.shape == self.directions.shape and \
+                    torch.equal(torch.from_numpy(np.asarray(kept)), self.directions):
+                self._maxima = np.asarray(self.store.null_maxima, dtype=np.float32)
+                return self._maxima
             n_images = self.store.shape[0]
             cells = torch.from_numpy(self.store.valid_cells)
             out = np.full((n_images, len(self.directions)), -np.inf, dtype=np.float32)
             for start in progress(range(0, n_images, block), enabled=show_progress, desc="random directions"):
                 rows = np.arange(start, min(start + block, n_images))
-                response = self.responses(self.store.features(rows)).flatten(2)
-                inside = cells[rows].flatten(1)[:, None, :]
-                best = response.masked_fill(~inside, -np.inf).amax(dim=2)
-                out[rows] = best.numpy()
+                out[rows] = direction_maxima(self.store.features(rows), self.directions, cells[rows]).numpy()
             self._maxima = out
         return self._maxima
 
@@ -139,3 +144,36 @@ class RandomDirections:
             values.append(self.responses(self.store.features(part)).flatten(2).permute(1, 0, 2)[:, cells])
         values = torch.cat(values, dim=1).numpy()
         return torch.from_numpy(np.quantile(values, quantile, axis=1).astype(np.float32))
+
+
+def draw_directions(channels: int, n: int = NULL_DIRECTIONS, seed: int = 0) -> torch.Tensor:
+    """(n, channels) random unit directions, the same for the same arguments."""
+    directions = torch.randn(n, channels, generator=torch.Generator().manual_seed(seed))
+    return directions / directions.norm(dim=1, keepdim=True)
+
+
+def direction_maxima(maps: torch.Tensor, directions: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Max response of each direction over each image's real cells.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (B, C, h, w) features (float16 values are taken in float32).
+    directions : torch.Tensor
+        (n, C).
+    cells : torch.Tensor
+        (B, h, w) bool, the cells that show the image (none: -inf).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, n) float32, on the CPU.
+    """
+    response = _responses(maps.float(), directions).flatten(2)
+    inside = cells.to(maps.device).flatten(1)[:, None, :]
+    return response.masked_fill(~inside, -np.inf).amax(dim=2).cpu()
+
+
+def _responses(maps: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bchw,nc->bnhw", maps, directions.to(maps.device))
+

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from lavise_nb.coherence import RandomDirections, direction_maxima, draw_directions
 from lavise_nb.datasets import ImageFolderDataset, ShapesWorld
 from lavise_nb.probe import EFFICIENTNET_LITE, LayerProbe, wrap_model
 from lavise_nb.store import ActivationStore, BuildInterrupted, BuildSettings
@@ -117,7 +118,43 @@ def test_interrupted_build_resumes_and_equals_a_full_build(tmp_path, tiny_model)
     np.testing.assert_array_equal(np.asarray(resumed.activations), np.asarray(full.activations))
     np.testing.assert_array_equal(resumed.thresholds, full.thresholds)
     np.testing.assert_array_equal(np.asarray(resumed.logits), np.asarray(full.logits))
+    np.testing.assert_array_equal(np.asarray(resumed.null_maxima), np.asarray(full.null_maxima))
     assert resumed.objects.equals(full.objects)
+
+
+def test_a_build_begun_before_the_null_maxima_resumes_with_them(tmp_path, tiny_model):
+    data = ShapesWorld(40, seed=5)
+    settings = BuildSettings(batch_size=8, num_workers=0)
+    with pytest.raises(BuildInterrupted) as stopped:
+        ActivationStore.build(tiny_model, "features.4", data, tmp_path / "a", settings, show_progress=False,
+                              max_batches=2)
+    for name in ("null_maxima.npy", "null_directions.npy"):      # as an older version left it
+        (stopped.value.path / name).unlink()
+    resumed = ActivationStore.build(tiny_model, "features.4", data, tmp_path / "a", settings, show_progress=False)
+    full = ActivationStore.build(tiny_model, "features.4", data, tmp_path / "b", settings, show_progress=False)
+    np.testing.assert_array_equal(resumed.null_directions, full.null_directions)
+    np.testing.assert_allclose(np.asarray(resumed.null_maxima), np.asarray(full.null_maxima), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(resumed.activations), np.asarray(full.activations))
+
+
+def test_the_build_keeps_the_nulls_maxima_from_the_same_pass(tiny_store, tmp_path, monkeypatch):
+    directions = draw_directions(tiny_store.shape[1])
+    assert np.array_equal(tiny_store.null_directions, directions.numpy())
+    cells = torch.from_numpy(tiny_store.valid_cells)
+    direct = direction_maxima(tiny_store.features(np.arange(tiny_store.shape[0])), directions, cells).numpy()
+    np.testing.assert_allclose(np.asarray(tiny_store.null_maxima), direct, rtol=1e-5, atol=1e-6)
+    old = tmp_path / tiny_store.path.name            # a store from before them: computed from the activations
+    shutil.copytree(tiny_store.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("null_maxima.npy", "null_directions.npy"):
+        (old / name).unlink()
+        del manifest["files"][name]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    before = ActivationStore.open(old)
+    assert before.verify() and before.null_maxima is None
+    np.testing.assert_allclose(RandomDirections(before).maxima(), direct, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(tiny_store, "features", lambda rows: pytest.fail("read the activations"), raising=False)
+    assert np.array_equal(RandomDirections(tiny_store).maxima(), np.asarray(tiny_store.null_maxima))
 
 
 def test_bad_image_is_recorded_not_fatal(tmp_path, tiny_model):

@@ -59,6 +59,8 @@ def test_merged_store_equals_a_single_build(single, merged):
     assert single.logits is not None and single.logits.shape == (single.shape[0], 4)
     np.testing.assert_array_equal(np.asarray(merged.logits), np.asarray(single.logits))
     np.testing.assert_array_equal(merged.thresholds, single.thresholds)
+    np.testing.assert_array_equal(merged.null_directions, single.null_directions)
+    np.testing.assert_allclose(np.asarray(merged.null_maxima), np.asarray(single.null_maxima), rtol=1e-6)
     assert merged.objects.equals(single.objects)
     assert merged.index.equals(single.index)
     np.testing.assert_array_equal(merged.top_indices(p=10), single.top_indices(p=10))

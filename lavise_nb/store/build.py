@@ -29,6 +29,7 @@ import torch
 
 from .._utils.cache import cache_dir
 from .._utils.progress import progress
+from ..coherence import direction_maxima, draw_directions
 from ..probe import LayerProbe, TargetModel, resolve_device
 from ..transform import check_model_preprocess
 from .format import LEFTOVERS, folder_name, store_key, write_json, write_manifest
@@ -245,7 +246,7 @@ class _StoreBuild:
         self.dtype, self.quantile = settings.dtype, settings.quantile
         self.parts = path / "parts"
         self.state_file = path / "building.json"
-        self.acts = self.maxima = self.logits = self.histogram = None
+        self.acts = self.maxima = self.logits = self.histogram = self.null = self.directions = None
 
     def run(self, max_batches: int | None) -> None:
         """Write (or resume) every batch, then the store's other files and its manifest."""
@@ -300,6 +301,7 @@ class _StoreBuild:
             if self.dtype == "float16":
                 self.histogram = resume_histogram(self.path, done, self.acts.shape[1], floors, self.device,
                                                   self.quantile)
+            self.open_null(n, self.acts.shape[1], done)
             return
         c, h, w = shape
         self.acts = RowWriter(self.path / "activations.npy", (n, c, h, w), self.dtype)
@@ -308,9 +310,28 @@ class _StoreBuild:
             self.logits = RowWriter(self.path / "logits.npy", (n, classes), np.float32)
         if self.dtype == "float16":
             self.histogram = TailHistogram(c, self.device)
+        self.open_null(n, c, 0)
+
+    def open_null(self, n: int, channels: int, done: int) -> None:
+        """The coherence null's directions and maxima writer; a resumed build that has none (begun by an
+        older version) gets the maxima of its ``done`` rows from what it wrote."""
+        self.directions = draw_directions(channels)
+        file = self.path / "null_maxima.npy"
+        if done and file.is_file():
+            self.null = RowWriter(file)
+            return
+        np.save(self.path / "null_directions.npy", self.directions.numpy())
+        self.null = RowWriter(file, (n, len(self.directions)), np.float32)
+        if done:
+            written = np.load(self.path / "activations.npy", mmap_mode="r")
+            cells = part_cells(checked_parts(self.path), written.shape[2:])
+            for lo in range(0, done, 256):
+                hi = min(lo + 256, done)
+                self.null.write(lo, direction_maxima(torch.from_numpy(np.array(written[lo:hi])),
+                                                     self.directions, torch.from_numpy(cells[lo:hi])).numpy())
 
     def close_outputs(self) -> None:
-        for writer in (self.acts, self.maxima, self.logits):
+        for writer in (self.acts, self.maxima, self.logits, self.null):
             if writer is not None:
                 writer.close()
 
@@ -361,11 +382,12 @@ class _StoreBuild:
         if bad.any():
             batch_max[bad] = -torch.inf
         stored = features.to(getattr(torch, self.dtype))
+        cells = torch.from_numpy(batch["part"]["cells"]).to(self.device)     # none for unreadable images
         if self.histogram is not None:
-            cells = torch.from_numpy(batch["part"]["cells"]).to(self.device)     # none for unreadable images
             self.histogram.add(stored, self.quantile, cells)
         self.acts.write(lo, stored.cpu().numpy())
         self.maxima.write(lo, batch_max.cpu().numpy())
+        self.null.write(lo, direction_maxima(stored, self.directions, cells).numpy())
         if self.logits is not None and logits is not None:
             if bad.any():
                 logits[bad] = torch.nan

@@ -17,6 +17,10 @@ A store is a directory::
     logits.npy             (N, K) float32, the network's own output from the same forward pass (NaN rows
                            for unreadable images); absent when the output is not a (B, K) tensor, or
                            built with ``BuildSettings(logits=False)`` or before it existed
+    null_directions.npy    (n, C) float32, the coherence null's random unit directions
+                           (:func:`lavise_nb.coherence.draw_directions`), and
+    null_maxima.npy        (N, n) float32, each one's max response over each image's valid cells, from the
+                           same pass (-inf for unreadable images); absent in stores built before them
 
 The manifest also lists each of these files (``files``): its size in bytes, a BLAKE2b
 checksum and, for ``.npy`` files, shape and dtype; :mod:`lavise_nb.store.integrity`
@@ -46,13 +50,16 @@ from .writers import describe_files
 if TYPE_CHECKING:
     from ..probe import TargetModel
 
-__all__ = ["FORMAT", "LEFTOVERS", "MERGED_FILES", "STORE_FILES", "folder_name", "key_hash", "slug", "store_key",
+__all__ = ["FORMAT", "LEFTOVERS", "MERGED_FILES", "OPTIONAL_FILES", "STORE_FILES", "folder_name", "key_hash", "slug", "store_key",
            "write_json", "write_manifest"]
 
 FORMAT = 1
 STORE_FILES = ("activations.npy", "maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet",
-               "object_masks.npy", "object_masks_small.npy", "histogram.npz", "valid_cells.npy", "logits.npy")
-MERGED_FILES = ("maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet", "logits.npy")
+               "object_masks.npy", "object_masks_small.npy", "histogram.npz", "valid_cells.npy", "logits.npy",
+               "null_directions.npy", "null_maxima.npy")
+MERGED_FILES = ("maxima.npy", "thresholds.npy", "index.parquet", "objects.parquet", "logits.npy",
+                "null_directions.npy", "null_maxima.npy")
+OPTIONAL_FILES = ("histogram.npz", "valid_cells.npy", "logits.npy", "null_directions.npy", "null_maxima.npy")
 LEFTOVERS = ("building.json", "parts", "manifest.json.tmp", "building.json.tmp", "histogram.tmp.npz")
 
 

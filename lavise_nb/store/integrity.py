@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import FORMAT, MERGED_FILES, STORE_FILES, key_hash
+from .format import FORMAT, MERGED_FILES, OPTIONAL_FILES, STORE_FILES, key_hash
 from .writers import file_digest, npy_header
 
 __all__ = ["StoreDamagedError", "check_files", "check_store", "damaged", "read_manifest", "verify_files"]
@@ -94,7 +94,8 @@ def read_manifest(folder: Path) -> dict:
 def expected_arrays(manifest: dict) -> dict:
     """Name -> (shape, dtype) that each ``.npy`` file must have by the manifest's fields (None: any)."""
     n, c, h, w = manifest["shape"]
-    arrays = {"maxima.npy": ((n, c), None), "thresholds.npy": ((c,), None), "logits.npy": ((n, None), None)}
+    arrays = {"maxima.npy": ((n, c), None), "thresholds.npy": ((c,), None), "logits.npy": ((n, None), None),
+              "null_directions.npy": ((None, c), None), "null_maxima.npy": ((n, None), None)}
     if not manifest.get("shards"):
         k = manifest["n_objects"]
         arrays.update({"activations.npy": ((n, c, h, w), np.dtype(manifest["dtype"])),
@@ -116,8 +117,7 @@ def check_files(folder: Path, manifest: dict) -> None:
         raise damaged(folder, "manifest.json", f"has shape {manifest['shape']}, not (N, C, h, w)", merged)
     files = manifest.get("files") or {}
     arrays = expected_arrays(manifest)
-    names = list(files) or [n for n in (MERGED_FILES if merged else STORE_FILES)
-                            if n not in ("histogram.npz", "valid_cells.npy", "logits.npy")]
+    names = list(files) or [n for n in (MERGED_FILES if merged else STORE_FILES) if n not in OPTIONAL_FILES]
     for name in names:
         file = folder / name
         if not file.is_file():

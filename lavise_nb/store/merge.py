@@ -73,6 +73,13 @@ def _write_merge(stores: list[ActivationStore], out: Path, contents: dict) -> No
         _stack_rows(out / "logits.npy", [s.logits for s in stores], image_offsets)
     else:
         (out / "logits.npy").unlink(missing_ok=True)
+    kept = [s.null_directions for s in stores]
+    if all(k is not None and np.array_equal(k, kept[0]) for k in kept):
+        np.save(out / "null_directions.npy", kept[0])
+        _stack_rows(out / "null_maxima.npy", [s.null_maxima for s in stores], image_offsets)
+    else:
+        for name in ("null_directions.npy", "null_maxima.npy"):
+            (out / name).unlink(missing_ok=True)
     index.to_parquet(out / "index.parquet", index=False)
     objects.to_parquet(out / "objects.parquet", index=False)
 

@@ -125,6 +125,10 @@ class ActivationStore:
     logits : numpy.ndarray or None
         (N, K) float32, memory-mapped: the network's output for each image from the build's
         forward pass (NaN rows for unreadable images); None when the store has none.
+    null_directions, null_maxima : numpy.ndarray or None
+        (n, C) the coherence null's random directions and (N, n) their max response per image,
+        kept by the build (:class:`~lavise_nb.coherence.RandomDirections` reads them instead of a
+        pass over the activations); None in stores built before them.
     thresholds : numpy.ndarray
         (C,) float32, T_u with P(a_u > T_u) = 1 - quantile over all spatial positions.
     index : pandas.DataFrame
@@ -164,8 +168,11 @@ class ActivationStore:
             self.packed_masks_small = np.load(self.path / "object_masks_small.npy", mmap_mode="r")
             self.shard_paths = None
         self.maxima = np.load(self.path / "maxima.npy", mmap_mode="r")
-        listed = "logits.npy" in self.manifest.get("files", {})
-        self.logits = np.load(self.path / "logits.npy", mmap_mode="r") if listed else None
+        listed = self.manifest.get("files", {})
+        self.logits = np.load(self.path / "logits.npy", mmap_mode="r") if "logits.npy" in listed else None
+        kept = "null_maxima.npy" in listed and "null_directions.npy" in listed
+        self.null_directions = np.load(self.path / "null_directions.npy") if kept else None
+        self.null_maxima = np.load(self.path / "null_maxima.npy", mmap_mode="r") if kept else None
         self.thresholds = np.load(self.path / "thresholds.npy")
         self.index = self._table("index.parquet", int(self.manifest["shape"][0]))
         self.objects = self._table("objects.parquet", int(self.manifest["n_objects"]))
