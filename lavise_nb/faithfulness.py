@@ -212,6 +212,7 @@ class ProbeScenes:
         self.objects = set(usable_rows(stamp_table(), photos_only=True)["concept"])
         self.backgrounds = set(usable_rows(background_table(), photos_only=False)["concept"].dropna())
         self._stores: dict = {}
+        self._contents: dict = {}
         self._maxima: dict = {}
 
     def testable(self, word: str) -> bool:
@@ -248,14 +249,16 @@ class ProbeScenes:
         max responses of those directions instead of the filters.
         """
         key = (word, None if directions is None else directions.fingerprint)
+        if word not in self._contents:
+            store = self.store(word)
+            per_image = store.objects.groupby("image")["concept"].apply(set)
+            self._contents[word] = per_image.reindex(np.flatnonzero(np.asarray(store.valid))).apply(
+                lambda c: c if isinstance(c, set) else set()).to_numpy()
         if key not in self._maxima:
             store = self.store(word)
-            valid = np.asarray(store.valid)
             maxima = store.maxima if directions is None else directions.on(store).maxima()
-            per_image = store.objects.groupby("image")["concept"].apply(set)
-            self._maxima[key] = (np.asarray(maxima, dtype=np.float32)[valid], per_image.reindex(
-                np.flatnonzero(valid)).apply(lambda c: c if isinstance(c, set) else set()).to_numpy())
-        maxima, contents = self._maxima[key]
+            self._maxima[key] = np.asarray(maxima, dtype=np.float32)[np.asarray(store.valid)]
+        maxima, contents = self._maxima[key], self._contents[word]
         if word is None:
             return maxima, contents
         return maxima, np.array([word in c for c in contents])

@@ -74,7 +74,7 @@ def test_probe_scores_of_one_hot_directions_equal_their_filters(tiny_store, monk
     """Scoring random directions goes through the same probes; a channel's one-hot direction scores as it."""
     probe = object.__new__(ProbeScenes)
     probe.objects, probe.backgrounds, probe.show_progress = {"red", "circle"}, set(), False
-    probe._stores, probe._maxima = {}, {}
+    probe._stores, probe._contents, probe._maxima = {}, {}, {}
     monkeypatch.setattr(probe, "store", lambda word: tiny_store, raising=False)
     filters = [COLOUR_FILTERS["red"], COLOUR_FILTERS["green"]]
     directions = RandomDirections(tiny_store, n=2)
@@ -93,7 +93,7 @@ def test_probe_scores_of_one_hot_directions_equal_their_filters(tiny_store, monk
 def test_against_random_directions_scores_filters_and_directions_alike(tiny_store, mapper, space, monkeypatch):
     probe = object.__new__(ProbeScenes)
     probe.objects, probe.backgrounds, probe.show_progress = set(tiny_store.concepts), set(), False
-    probe._stores, probe._maxima = {}, {}
+    probe._stores, probe._contents, probe._maxima = {}, {}, {}
     monkeypatch.setattr(probe, "store", lambda word: tiny_store, raising=False)
     explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=6, null_directions=0))
     table = against_random_directions(explainer, probe, n=5, seed=2)
