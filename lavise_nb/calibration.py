@@ -180,7 +180,7 @@ class GammaCalibration:
         config = dataclasses.replace(self.mapper.config, seen=tuple(inner),
                                      max_epochs=self.calibration.inner_epochs or self.mapper.config.max_epochs)
         trainer = ExplainerTrainer(self.store, self.space, config, restrict_to=self.mapper.seen,
-                                   weak_labels=self.weak_labels, show_progress=self.show_progress)
+                                   weak_labels=self.weak_labels, metrics=False, show_progress=self.show_progress)
         return trainer.fit()
 
     def table(self, inner_mapper: Mapper | None = None) -> pd.DataFrame:

@@ -272,6 +272,10 @@ class ExplainerTrainer:
         What to do with concepts the word space cannot embed.
     device : str
         ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+    metrics : bool
+        Record the per-epoch accuracies (seen top-1/5 on the validation masks, zero-shot
+        top-1/5 on the unseen ones) in the history. False leaves them NaN and skips the
+        unseen masks' scoring; the validation loss, and so the training, is the same.
     show_progress : bool
 
     Examples
@@ -281,14 +285,14 @@ class ExplainerTrainer:
     """
 
     def __init__(self, store, space, config: TrainingConfig | None = None, *, weak_labels=None, restrict_to=None,
-                 missing: str = "error", device="auto", show_progress: bool = True):
+                 missing: str = "error", device="auto", metrics: bool = True, show_progress: bool = True):
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
         self.store = store
         self.space = space
         self.config = TrainingConfig() if config is None else config
         self.device = resolve_device(device)
-        self.show_progress = show_progress
+        self.show_progress, self.metrics = show_progress, metrics
         universe = store.concepts if restrict_to is None else sorted(set(restrict_to) & set(store.concepts))
         embedding = space.embed(universe, missing=missing)
         self.concepts = list(embedding.names)
@@ -392,7 +396,7 @@ class ExplainerTrainer:
         val_rows = np.flatnonzero(has_seen & val)
         if len(train_rows) == 0:
             raise ValueError("no training masks: the store has no masks of seen concepts")
-        zs_rows = np.flatnonzero(has_unseen)
+        zs_rows = np.flatnonzero(has_unseen) if self.metrics else np.zeros(0, dtype=np.int64)
 
         seen_index = {c: i for i, c in enumerate(self.seen)}
         seen_vectors = self.concept_vectors[[self.concepts.index(c) for c in self.seen]]
@@ -441,7 +445,8 @@ class ExplainerTrainer:
                                         cfg.margin).item() if len(val_rows) else total / len(train_rows)
             scheduler.step(val_loss)
             (top1, top5), (zs1, zs5) = (_rank_metrics(val_vectors, val_wanted, seen_vectors),
-                                        _rank_metrics(zs_vectors, zs_wanted, self.concept_vectors))
+                                        _rank_metrics(zs_vectors, zs_wanted, self.concept_vectors)) \
+                if self.metrics else ((math.nan, math.nan), (math.nan, math.nan))
             row = dict(epoch=epoch, train_loss=total / len(train_rows), val_loss=val_loss, seen_top1=top1,
                        seen_top5=top5, unseen_top1=zs1, unseen_top5=zs5, lr=optimiser.param_groups[0]["lr"])
             history.append(row)

@@ -83,3 +83,13 @@ def test_top_indices_match_a_full_stable_sort(tiny_store):
     expected = np.argsort(-maxima, axis=0, kind="stable")[:9].T
     np.testing.assert_array_equal(tiny_store.top_indices(9, block_bytes=4 * len(maxima) * 3), expected)
     np.testing.assert_array_equal(tiny_store.top_indices(4, [5, 2, 5]), expected[[5, 2, 5], :4])
+
+
+def test_training_without_the_accuracy_metrics_gives_the_same_head(tiny_store):
+    _, monitored = _train(tiny_store, weak_labels=WEAK)
+    _, quiet = _train(tiny_store, weak_labels=WEAK, metrics=False)
+    state, other = monitored.head.state_dict(), quiet.head.state_dict()
+    assert all(torch.equal(state[k], other[k]) for k in state)
+    pd.testing.assert_series_equal(monitored.history["val_loss"], quiet.history["val_loss"])
+    assert monitored.history["unseen_top5"].notna().all()
+    assert quiet.history[["seen_top1", "seen_top5", "unseen_top1", "unseen_top5"]].isna().all().all()
