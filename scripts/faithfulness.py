@@ -132,6 +132,8 @@ def by_split(pairs: pd.DataFrame, a: str, b: str, seen: set, score: str = "probe
     lines = []
     for name, keep in (("seen", words.isin(seen)), ("held out of LaViSE's training", ~words.isin(seen))):
         filters = set(words.index[keep])
+        if not filters:
+            continue
         part = pairs[pairs["filter"].isin(filters)]
         lines.append(f"- {b}'s word {name} ({len(filters)} filters): " + head_to_head(part, a, b, score))
     return lines
