@@ -50,12 +50,6 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def lavise_mapper(ref, labels, config: TrainingConfig):
-    """The notebooks' mapper: trained with the model's weak labels."""
-    return ExplainerTrainer(ref.store, ref.space, config, weak_labels=labels, device=ref.spec.device,
-                            show_progress=False).fit()
-
-
 def lavise_words(ref, mapper, labels, prior, vocabulary, seed: int) -> pd.DataFrame:
     """The notebooks' explanations: the gamma calibrated under the explainer's own settings, prior and vocabulary."""
     settings = ExplainSettings()
@@ -149,25 +143,25 @@ def main() -> None:
     held_out = ref.held_out(show_progress=False)
     nouns = ref.vocabulary("nouns")
     store = ref.store
-    labels = functools.cache(lambda: model_labels(ref.model, ref.dataset, top=3, min_probability=0.05, store=store,
-                                                 show_progress=False))
+    labels = model_labels(ref.model, ref.dataset, top=3, min_probability=0.05, store=store, show_progress=False)
     prior = ClassPrior(ref.model, ref.dataset, ref.space, show_progress=False)
     crop_prior = ClassPrior(ref.model, ref.dataset, ref.space, source="region", show_progress=False)
     default_split = args.seen_fraction == TrainingConfig.seen_fraction
     words = out / ("first_words" if default_split else f"first_words_seen{args.seen_fraction:g}")
     config = TrainingConfig(seed=args.seed, seen_fraction=args.seen_fraction)
-    seen = set(ExplainerTrainer(store, ref.space, config, show_progress=False).seen)
-    trained = functools.cache(lambda: lavise_mapper(ref, labels(), config))  # only when a table is not cached
+    trainer = ExplainerTrainer(store, ref.space, config, weak_labels=labels, device=spec.device, show_progress=False)
+    seen = set(trainer.seen)
+    trained = functools.cache(trainer.fit)  # the notebooks' mapper, trained only when a table is not cached
     methods = {
         DEFAULT: ("trained", cached(
-            words / "lavise_prior.csv", lambda: lavise_words(ref, trained(), labels(), prior, nouns, args.seed))),
+            words / "lavise_prior.csv", lambda: lavise_words(ref, trained(), labels, prior, nouns, args.seed))),
         CROPS: ("trained", cached(
-            words / "lavise_crop_prior.csv", lambda: lavise_words(ref, trained(), labels(), crop_prior, nouns,
+            words / "lavise_crop_prior.csv", lambda: lavise_words(ref, trained(), labels, crop_prior, nouns,
                                                                   args.seed))),
         "lavise without the class prior": ("trained", cached(
-            words / "lavise.csv", lambda: lavise_words(ref, trained(), labels(), None, nouns, args.seed))),
+            words / "lavise.csv", lambda: lavise_words(ref, trained(), labels, None, nouns, args.seed))),
         "lavise, annotated concepts only, no prior": ("trained", cached(
-            words / "lavise_concepts.csv", lambda: lavise_words(ref, trained(), labels(), None, "concepts", args.seed))),
+            words / "lavise_concepts.csv", lambda: lavise_words(ref, trained(), labels, None, "concepts", args.seed))),
         "netdissect": ("trained", network_dissection(store, top_words=1)),
         "invert (in-sample AUC)": ("trained", invert_labels(store, top_words=1)),
         "frequency": ("trained", frequency_baseline(store, pd.DataFrame({"filter": range(store.shape[1])}), 1)),
