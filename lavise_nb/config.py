@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["TrainingConfig", "ExplainSettings", "CalibrationSettings", "METHODS", "ATTENTION_FORMS", "VOTING",
+__all__ = ["TrainingConfig", "ExplainSettings", "CalibrationSettings", "METHODS", "ATTENTION_FORMS", "VOTING", "RANKINGS",
            "POOLING", "CropSettings", "check_int", "check_float", "check_choice"]
 
 METHODS = ("attention", "activation_masking", "image_masking", "original")
 ATTENTION_FORMS = ("soft_mask", "paper", "code")
 VOTING = ("softmax", "top_s")
+RANKINGS = ("votes", "lift")
 POOLING = ("mass", "mean")
 
 
@@ -177,6 +178,14 @@ class ExplainSettings:
         Softmax temperature, in cosine units (> 0).
     image_k : int
         Words kept per (filter, image); raised to ``s`` when smaller.
+    ranking : {"votes", "lift"}
+        How a filter's words are ordered. ``"votes"``: by their votes. ``"lift"``: by
+        (share + ``lift_floor``) / (base + ``lift_floor``), the word's share of the
+        filter's votes over its mean share among all the layer's filters, so words
+        every filter votes for (hubs, frequent backgrounds) sink.
+    lift_floor : float
+        Added to both shares of ``"lift"`` (> 0), so a word with a tiny base share
+        does not win on a tiny share of its own.
     hubness : {None, "csls"}
         ``"csls"``: rank by 2 cos(v, w) - r_w, r_w the word's mean cosine to its
         ``hubness_k`` nearest explanation vectors (demotes hub words).
@@ -201,6 +210,8 @@ class ExplainSettings:
     voting: str = "softmax"
     temperature: float = 0.1
     image_k: int = 20
+    ranking: str = "votes"
+    lift_floor: float = 0.01
     hubness: str | None = None
     hubness_k: int = 10
     top_words: int = 10
@@ -212,6 +223,8 @@ class ExplainSettings:
         check_choice("method", self.method, METHODS)
         check_choice("attention", self.attention, ATTENTION_FORMS)
         check_choice("voting", self.voting, VOTING)
+        check_choice("ranking", self.ranking, RANKINGS)
+        check_float("lift_floor", self.lift_floor, 0, open_low=True)
         check_choice("hubness", self.hubness, (None, "csls"))
         for name in ("p", "s", "image_k", "hubness_k", "top_words", "batch_pairs"):
             check_int(name, getattr(self, name))
@@ -224,11 +237,12 @@ class ExplainSettings:
     def scoring(self) -> dict:
         """The settings a calibrated gamma depends on, as a plain dict (only those in effect:
         ``s`` for top-s voting, ``temperature`` and ``image_k`` for softmax voting, ``attention`` for the
-        attention method, ``hubness_k`` for CSLS)."""
-        names = ["method", "p", "voting", "hubness"]
+        attention method, ``hubness_k`` for CSLS, ``lift_floor`` for lift ranking)."""
+        names = ["method", "p", "voting", "ranking", "hubness"]
         names += ["s"] if self.voting == "top_s" else ["temperature", "image_k"]
         names += ["attention"] if self.method == "attention" else []
         names += ["hubness_k"] if self.hubness is not None else []
+        names += ["lift_floor"] if self.ranking == "lift" else []
         return {name: getattr(self, name) for name in names}
 
     @property

@@ -26,7 +26,7 @@ from .words import MissingWordsError, Vocabulary
 
 __all__ = ["FilterExplainer", "ExplainSettings", "METHODS", "EXPLANATION_COLUMNS", "IMAGE_WORD_COLUMNS", "hub_note"]
 
-EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "support", "score", "kind", "n_images",
+EXPLANATION_COLUMNS = ["layer", "filter", "rank", "word", "votes", "support", "lift", "score", "kind", "n_images",
                        "coherence", "null_share", "method", "note"]
 IMAGE_WORD_COLUMNS = ["layer", "filter", "image", "image_id", "activation", "rank", "word", "score", "kind",
                       "method"]
@@ -353,15 +353,23 @@ class FilterExplainer:
             filter's top images of their max activation times their vote for the
             word, see ``voting``), ``support`` (``votes`` over the summed max
             activation of the filter's voting images: 1 when every image gives the
-            word its whole vote, near 0 when the images disagree), ``score`` (mean calibrated cosine over
+            word its whole vote, near 0 when the images disagree), ``lift`` (the word's share of the
+            filter's votes over its mean share among all the layer's filters, each plus ``lift_floor``:
+            above 1 when the word is more typical of this filter than of the layer; the order with
+            ``ranking="lift"``), ``score`` (mean calibrated cosine over
             the images that voted for it), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
             word outside the annotations), ``n_images`` (images that voted), ``coherence`` and
             ``null_share`` (per filter, :meth:`coherence`: a ``null_share`` above 0.05 means the
             filter's images agree no more than a random direction's, so its words are doubtful),
             ``method`` and ``note`` (why a filter has no words).
+
+        Notes
+        -----
+        The votes of every filter are computed (once, then cached), whatever ``filters`` asks for,
+        so that ``lift`` and CSLS compare a filter with the whole layer.
         """
-        pairs, _, index_top, scores_top = self._pair_words(filters, self.filter_gamma)
         wanted = np.arange(self.store.shape[1]) if filters is None else np.asarray(filters, dtype=np.int64)
+        pairs, _, index_top, scores_top = self._pair_words(None, self.filter_gamma)  # lift's base: every filter
         return self._word_table(pairs, index_top, scores_top, wanted, self.coherence(filters))
 
     def _word_table(self, pairs: pd.DataFrame, index_top: torch.Tensor, scores_top: torch.Tensor,
@@ -375,15 +383,17 @@ class FilterExplainer:
         grouped = dict(tuple(votes.groupby("filter")))
         for f in wanted:
             if f not in grouped:
-                rows.append(dict(filter=int(f), rank=0, word=None, votes=0.0, support=0.0, score=np.nan, kind=None,
+                rows.append(dict(filter=int(f), rank=0, word=None, votes=0.0, support=0.0, lift=np.nan, score=np.nan,
+                                 kind=None,
                                  n_images=0, note=f"none of the top {self.settings.p} images activates this filter "
                                                    "(max activation <= 0)"))
                 continue
             best = grouped[f].head(self.settings.top_words)
-            for rank, (word, vote, score) in enumerate(zip(best["word"], best["votes"], best["score"]), 1):
+            for rank, (word, vote, lift, score) in enumerate(zip(best["word"], best["votes"], best["lift"],
+                                                                 best["score"]), 1):
                 rows.append(dict(filter=int(f), rank=rank, word=self.words[word], votes=float(vote),
-                                 support=float(vote / evidence[f]), score=float(score), kind=self.kinds[word],
-                                 n_images=int(n_images[f]), note=""))
+                                 support=float(vote / evidence[f]), lift=float(lift), score=float(score),
+                                 kind=self.kinds[word], n_images=int(n_images[f]), note=""))
         table = pd.DataFrame(rows)
         table["coherence"] = agreement["coherence"].reindex(table["filter"]).to_numpy()
         table["null_share"] = agreement["null_share"].reindex(table["filter"]).to_numpy()
@@ -405,8 +415,10 @@ class FilterExplainer:
         Returns
         -------
         pandas.DataFrame
-            ``filter, word`` (index into :attr:`words`), ``votes``, ``score``,
-            sorted by filter, then votes and score descending.
+            ``filter, word`` (index into :attr:`words`), ``votes``, ``score``, ``lift`` (the word's
+            share of the filter's votes, plus ``lift_floor``, over its mean share among the filters
+            of ``pairs``, plus ``lift_floor``), sorted by filter, then by ``ranking`` (votes, or lift)
+            and score descending.
         """
         if self.settings.voting == "top_s":
             index_top, scores_top = index_top[:, :self.settings.s], scores_top[:, :self.settings.s]
@@ -419,8 +431,13 @@ class FilterExplainer:
             "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]) * shares.reshape(-1).numpy(),
             "score": scores_top.reshape(-1).numpy(),
         })
-        votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean"))
-        return votes.reset_index().sort_values(["filter", "votes", "score"], ascending=[True, False, False])
+        votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean")).reset_index()
+        share = votes["votes"] / votes.groupby("filter")["votes"].transform("sum").clip(lower=1e-12)
+        base = share.groupby(votes["word"]).sum() / max(votes["filter"].nunique(), 1)
+        floor = self.settings.lift_floor
+        votes["lift"] = (share + floor) / (base.reindex(votes["word"]).to_numpy() + floor)
+        key = "votes" if self.settings.ranking == "votes" else "lift"
+        return votes.sort_values(["filter", key, "score"], ascending=[True, False, False])
 
     def image_words(self, filters=None) -> pd.DataFrame:
         """Each top image's own top words (``image_k`` of them) for each filter.

@@ -20,6 +20,7 @@ Writes under --output-dir (default outputs/planted):
   cache/              probes, mappers, calibrations and weak labels, reused by the next run with the same data
 
 --smoke: 300 images, top-5 images per filter (p=5) and the attention method only (about 5 minutes).
+--p and --ranking set the explainer's top images and word order (ExplainSettings.p, .ranking) in every setting.
 """
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ def parse() -> argparse.Namespace:
                         help="a ceiling; early stopping ends training (the recorded run of the note used 60)")
     parser.add_argument("--no-weak-labels", action="store_true",
                         help="train without the model's own ImageNet predictions (the notebooks use them)")
+    parser.add_argument("--p", type=int, default=25, help="top images per filter (--smoke: 5)")
+    parser.add_argument("--ranking", default="votes", choices=("votes", "lift"),
+                        help="how a filter's words are ordered (ExplainSettings.ranking)")
     parser.add_argument("--store-root", default=None)
     args = parser.parse_args()
     if args.smoke:
@@ -154,7 +158,7 @@ def run_space(space_label, space, context, clock) -> list:
         trainer = ExplainerTrainer(store, space, config, weak_labels=context["labels"], show_progress=False)
         mapper = cached_mapper(context["cache"] / f"mapper_{tag}.pt", store, space, trainer.fit)
         clock(f"train explainer ({space_label}, {training})", started)
-        base_settings = ExplainSettings(p=context["p"], top_words=args.top_words)
+        base_settings = ExplainSettings(p=context["p"], top_words=args.top_words, ranking=args.ranking)
         calibrator = GammaCalibration(store, mapper, space, base_settings, vocabulary=nouns,
                                       calibration=CalibrationSettings(gammas=GAMMAS), weak_labels=context["labels"])
         started = time.time()
@@ -168,7 +172,8 @@ def run_space(space_label, space, context, clock) -> list:
                 calibrator = GammaCalibration(store, mapper, space, settings, vocabulary=nouns, prior=prior,
                                               calibration=CalibrationSettings(gammas=GAMMAS),
                                               weak_labels=context["labels"])
-                name = f"calibration_{tag}_{method}_{context['p']}_{'prior' if use_prior else 'none'}.json"
+                lift = "_lift" if args.ranking == "lift" else ""
+                name = f"calibration_{tag}_{method}_{context['p']}{lift}_{'prior' if use_prior else 'none'}.json"
                 record = cached_calibration(context["cache"] / name, lambda: calibrator.fit(inner))
                 clock(f"calibrate ({space_label}, {training}, {method}, prior {use_prior})", started)
                 for calibrated in (False, True):
@@ -210,8 +215,9 @@ def summary(ranks: pd.DataFrame, probes: pd.DataFrame, notes: list, clock: Clock
     n_planted = int(concepts.groupby(settings).size().max()) if len(concepts) else 0
     table = pivot.join(named).join(view(noise, "noise")).join(view(concepts, "planted")).reset_index()
     lines = [f"# Planted detectors: EfficientNet-Lite0 `{LAYER}`, StampScenes, {args.n_images} images", "",
-             f"Candidates: WordNet concrete nouns plus the store's concepts; p={p} top images per filter, "
-             f"{args.top_words} words listed per filter (`>{args.top_words}`: not among them); weak labels "
+             f"Candidates: WordNet concrete nouns plus the store's concepts; p={p} top images per filter, words "
+             f"ordered by {args.ranking}, {args.top_words} words listed per filter (`>{args.top_words}`: not among "
+             "them); weak labels "
              f"{'off' if args.no_weak_labels else 'on'}; explainer max_epochs={args.max_epochs}. Held out: the six "
              "planted concepts are the only concepts left out of training; seen: every concept is trained.", "",
              "## The planted channels", "",
@@ -259,7 +265,7 @@ def main() -> None:
     out = Path(args.output_dir)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    p = 5 if args.smoke else 25
+    p = 5 if args.smoke else args.p
     methods = METHODS[:1] if args.smoke else METHODS
 
     started = time.time()

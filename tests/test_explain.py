@@ -122,6 +122,38 @@ def test_votes_follow_the_voting_rule():
     assert np.isclose(soft.sum(), 3.0)  # each image gives away exactly its activation
 
 
+def test_lift_ranks_a_filter_s_own_word_above_the_layer_s_hub():
+    """Word 9 is every filter's top vote (a hub); word 5 is filter 0's alone: lift puts 5 first, votes put 9."""
+    explainer = object.__new__(FilterExplainer)
+    explainer._settings = ExplainSettings(temperature=1.0, lift_floor=0.01)
+    pairs = pd.DataFrame({"filter": [0, 1, 2], "image": [0, 1, 2], "activation": [1.0, 1.0, 1.0]})
+    index_top = torch.tensor([[9, 5], [9, 6], [9, 7]])
+    scores_top = torch.tensor([[0.6, 0.4], [0.9, 0.1], [0.9, 0.1]])
+    by_votes = explainer.votes(pairs, index_top, scores_top)
+    assert by_votes.groupby("filter")["word"].first().tolist() == [9, 9, 9]
+    shares = scores_top.softmax(1).numpy()
+    base_9 = shares[:, 0].mean()
+    row = by_votes.set_index(["filter", "word"])["lift"]
+    assert np.isclose(row[0, 9], (shares[0, 0] + 0.01) / (base_9 + 0.01))
+    assert np.isclose(row[0, 5], (shares[0, 1] + 0.01) / (shares[0, 1] / 3 + 0.01))
+    explainer._settings = ExplainSettings(temperature=1.0, ranking="lift")
+    by_lift = explainer.votes(pairs, index_top, scores_top)
+    assert by_lift.groupby("filter")["word"].first().tolist() == [5, 6, 7]
+    assert by_lift["votes"].sum() == pytest.approx(by_votes["votes"].sum())  # the votes themselves are unchanged
+
+
+def test_lift_is_against_the_whole_layer_whichever_filters_are_asked_for(tiny_store, mapper, space):
+    explainer = FilterExplainer(tiny_store, mapper, space, "concepts", ExplainSettings(p=10, ranking="lift"))
+    every = explainer.explain()
+    some = explainer.explain(filters=[COLOUR_FILTERS["red"], COLOUR_FILTERS["blue"]])
+    merged = some.merge(every, on=["filter", "rank"], suffixes=("", "_all"))
+    assert len(merged) == len(some) and (merged["word"] == merged["word_all"]).all()
+    assert np.allclose(merged["lift"], merged["lift_all"])
+    first = every[every["rank"] == 1].set_index("filter")
+    assert first.loc[COLOUR_FILTERS["red"], "word"] == "red" and first.loc[COLOUR_FILTERS["red"], "lift"] > 1
+    assert every.groupby("filter")["lift"].apply(lambda x: x.is_monotonic_decreasing).all()
+
+
 def test_bad_voting_is_reported(tiny_store, mapper, space):
     with pytest.raises(ValueError, match="voting must be one of"):
         FilterExplainer(tiny_store, mapper, space, None, ExplainSettings(voting="borda"))
@@ -145,6 +177,7 @@ def test_support_is_the_share_of_the_filters_evidence(tiny_store, mapper, space)
     (dict(top_words=-1), "top_words must be >= 1"), (dict(top_words=0), "top_words must be >= 1"),
     (dict(p=2.5), "p must be an integer"), (dict(method="gradcam"), "method must be one of"),
     (dict(hubness="mutual"), "hubness must be one of"), (dict(temperature=-1), "temperature must be > 0"),
+    (dict(ranking="lifts"), "ranking must be one of"), (dict(lift_floor=0), "lift_floor must be > 0"),
 ])
 def test_bad_settings_name_the_parameter_and_its_range(changes, message):
     with pytest.raises(ValueError, match=message):

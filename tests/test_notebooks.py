@@ -13,10 +13,11 @@ COMMON = ["model", "weights", "num_classes", "layer", "reference", "annotations"
           "n_images", "seed", "word_space", "class_names", "vocabulary", "output_dir", "interactive", "show_progress", "store_root",
           "device"]
 DOCUMENTED = {
-    "03_bias_analysis.ipynb": COMMON + ["target_root", "target_csv", "group_column", "n_per_group", "alpha"],
+    "03_bias_analysis.ipynb": COMMON + ["target_root", "target_csv", "group_column", "n_per_group", "alpha", "p",
+                                        "ranking"],
     "01_train_explainer.ipynb": COMMON + ["batch_size", "max_epochs", "seen_fraction", "calibrate", "p",
-                                          "weak_labels", "class_prior"],
-    "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "top_words",
+                                          "ranking", "weak_labels", "class_prior"],
+    "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "ranking", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
                                           "class_prior", "faithfulness", "probe_images", "random_directions"],
 }
@@ -84,7 +85,7 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     out, _, executed = ran
     explain = out / "explain"
     table = pd.read_csv(explain / "explanations.csv")
-    assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "score", "kind",
+    assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "lift", "score", "kind",
                                    "n_images", "coherence", "null_share", "method", "note", "faithfulness"]
     per_filter = table.groupby("filter")[["coherence", "null_share"]].nunique(dropna=False)
     assert (per_filter <= 1).all().all()  # one value per filter

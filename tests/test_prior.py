@@ -1,5 +1,6 @@
 """ClassPrior: the target model's own predictions for a filter's region, as a word prior."""
 import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -116,6 +117,13 @@ def test_calibration_records_its_prior_and_explainers_check_it(tiny_store, mappe
         FilterExplainer(tiny_store, tuned, space, "concepts", prior=prior)
     with pytest.warns(UserWarning, match="vocabulary 'custom'"):
         FilterExplainer(tiny_store, tuned, space, ["dog", "car"], settings, prior=prior)
+    with pytest.warns(UserWarning, match=r"ranking='lift' \(tuned with 'votes'\)"):
+        FilterExplainer(tiny_store, tuned, space, "concepts", dataclasses.replace(settings, ranking="lift"),
+                        prior=prior)
+    older = dataclasses.replace(record, settings={k: v for k, v in record.settings.items() if k != "ranking"})
+    with pytest.warns(UserWarning, match=r"ranking='lift' \(tuned with 'votes'\)"):  # a record from before ranking
+        FilterExplainer(tiny_store, mapper.calibrated(older), space, "concepts",
+                        dataclasses.replace(settings, ranking="lift"), prior=prior)
     plain = mapper.calibrated(GammaCalibration(tiny_store, mapper, space, settings, calibration=grid).fit())
     with pytest.warns(UserWarning, match="tuned with none"):
         FilterExplainer(tiny_store, plain, space, "concepts", settings, prior=prior)

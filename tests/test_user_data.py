@@ -97,9 +97,9 @@ def test_notebooks_run_on_a_fine_tuned_torchvision_model_and_coco_photos(tmp_pat
     common = dict(model="resnet18", weights=str(checkpoint), layer="layer3", reference="coco",
                   annotations=str(annotations), images=str(images), crop="letterbox", word_space=str(vectors), class_names=None,
                   vocabulary="concepts", seed=0, output_dir=str(out), store_root=str(tmp_path / "stores"),
-                  interactive=False, show_progress=False)
-    _run("01_train_explainer.ipynb", out, dict(common, max_epochs=5, p=5))
-    _run("02_explain_filters.ipynb", out, dict(common, p=5, s=3, top_words=5, n_cards=1, query="car",
+                  interactive=False, show_progress=False, p=5, ranking="lift")
+    _run("01_train_explainer.ipynb", out, dict(common, max_epochs=5))
+    _run("02_explain_filters.ipynb", out, dict(common, s=3, top_words=5, n_cards=1, query="car",
                                                 compare=True, faithfulness=False))
     _run("03_bias_analysis.ipynb", out, dict(common, target_root=str(targets), target_csv=str(targets_csv),
                                                group_column="group", min_group_size=5, run_null=False))
@@ -110,8 +110,10 @@ def test_notebooks_run_on_a_fine_tuned_torchvision_model_and_coco_photos(tmp_pat
     checkpoint_table = torch.load(out / "train" / "mapper.pt", weights_only=True)
     assert set(checkpoint_table["concepts"]) == set(CATEGORIES) and checkpoint_table["layer"] == "layer3"
     assert checkpoint_table["calibration"]["prior"] is None
+    assert checkpoint_table["calibration"]["settings"]["ranking"] == "lift"  # tuned for the order 02 explains with
     explained = pd.read_csv(out / "explain" / "explanations.csv").dropna(subset=["word"])
     assert explained["filter"].nunique() == 256 and set(explained["word"]) <= set(CATEGORIES)
+    assert explained.groupby("filter")["lift"].apply(lambda x: x.is_monotonic_decreasing).all()
     recall = pd.read_csv(out / "explain" / "recall.csv")
     assert {"attention/soft_mask", "netdissect"} <= set(recall["method"])
     compared = pd.read_csv(out / "bias" / "compare.csv")
