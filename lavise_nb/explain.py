@@ -425,19 +425,23 @@ class FilterExplainer:
             shares = torch.ones_like(scores_top)
         else:
             shares = (scores_top / self.settings.temperature).softmax(dim=1)
-        frame = pd.DataFrame({
-            "filter": np.repeat(pairs["filter"].to_numpy(), index_top.shape[1]),
-            "word": index_top.reshape(-1).numpy(),
-            "votes": np.repeat(pairs["activation"].to_numpy(), index_top.shape[1]) * shares.reshape(-1).numpy(),
-            "score": scores_top.reshape(-1).numpy(),
-        })
-        votes = frame.groupby(["filter", "word"]).agg(votes=("votes", "sum"), score=("score", "mean")).reset_index()
-        share = votes["votes"] / votes.groupby("filter")["votes"].transform("sum").clip(lower=1e-12)
-        base = share.groupby(votes["word"]).sum() / max(votes["filter"].nunique(), 1)
+        k = index_top.shape[1]
+        filters = np.repeat(pairs["filter"].to_numpy().astype(np.int64), k)
+        words = index_top.reshape(-1).numpy().astype(np.int64)
+        width = int(words.max()) + 1 if len(words) else 1
+        cells, row = np.unique(filters * width + words, return_inverse=True)  # one cell per (filter, word)
+        weights = np.repeat(pairs["activation"].to_numpy(), k) * shares.reshape(-1).numpy()
+        votes = np.bincount(row, weights, len(cells))
+        score = np.bincount(row, scores_top.reshape(-1).numpy(), len(cells)) / np.bincount(row, None, len(cells))
+        filter_of, word_of = cells // width, cells % width
+        ids, slot = np.unique(filter_of, return_inverse=True)
+        share = votes / np.maximum(np.bincount(slot, votes, len(ids)), 1e-12)[slot]
+        base = np.bincount(word_of, share, width) / max(len(ids), 1)
         floor = self.settings.lift_floor
-        votes["lift"] = (share + floor) / (base.reindex(votes["word"]).to_numpy() + floor)
-        key = "votes" if self.settings.ranking == "votes" else "lift"
-        return votes.sort_values(["filter", key, "score"], ascending=[True, False, False])
+        lift = (share + floor) / (base[word_of] + floor)
+        order = np.lexsort((-score, -(votes if self.settings.ranking == "votes" else lift), filter_of))
+        return pd.DataFrame({"filter": filter_of[order], "word": word_of[order], "votes": votes[order],
+                             "score": score[order], "lift": lift[order]})
 
     def image_words(self, filters=None) -> pd.DataFrame:
         """Each top image's own top words (``image_k`` of them) for each filter.

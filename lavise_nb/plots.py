@@ -187,7 +187,8 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     Inside each image, the region where the filter's (upsampled) activation exceeds
     its threshold T_u is outlined in yellow and tinted by activation; the rest is
     darkened. Beside each word: its mean cosine, its ``support`` (the share of the
-    filter's activation-weighted votes it got) and, where the table has one
+    filter's activation-weighted votes it got), its ``lift`` (that share over the word's mean
+    share among the layer's filters) and, where the table has one
     (:func:`~lavise_nb.faithfulness.attach_faithfulness`), its faithfulness score. Word colours: see :data:`KIND_STYLE` (unseen concepts red, as in the
     paper; zero-shot words green italic). Under the title: the filter's ``coherence`` and
     ``null_share`` (:meth:`~lavise_nb.explain.FilterExplainer.coherence`), in orange when random
@@ -221,8 +222,10 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
             tick.set_fontstyle(style["style"])
         support = named["support"] if "support" in named else [np.nan] * len(named)
         faithful = named["faithfulness"] if "faithfulness" in named else [np.nan] * len(named)
-        for yy, votes, score, share, truth in zip(y, named["votes"], named["score"], support, faithful):
+        lifts = named["lift"] if "lift" in named else [np.nan] * len(named)
+        for yy, votes, score, share, lift, truth in zip(y, named["votes"], named["score"], support, lifts, faithful):
             note = f" {votes:.1f}  (cos {score:.2f}" + (f", support {share:.0%}" if share == share else "")
+            note += f", lift {lift:.1f}" if lift == lift else ""
             note += (f", faithfulness {truth:.2f}" if truth == truth else "") + ")"
             ax.text(votes, yy, note, va="center", fontsize=7, color="#333333")
         ax.set_xlim(0, float(named["votes"].max()) * 1.45)

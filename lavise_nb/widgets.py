@@ -223,7 +223,7 @@ class FilterBrowser:
                 _display(_png(self.figure))
 
     def _words_table(self) -> pd.DataFrame:
-        columns = "rank word kind votes support faithfulness score n_images coherence null_share note".split()
+        columns = "rank word kind votes support lift faithfulness score n_images coherence null_share note".split()
         return self.result[[c for c in columns if c in self.result]]
 
     def select(self, filter: int) -> pd.DataFrame:

@@ -32,6 +32,8 @@ from lavise_nb.store import ActivationStore
 
 DEFAULT = "lavise (notebook defaults: nouns, weak labels, prior from the stored maps, calibrated)"
 CROPS = "lavise, prior from image crops (source='region')"
+LIFT = "lavise, words ordered by lift, p=100 (ranking='lift')"
+LIFT_SETTINGS = ExplainSettings(p=100, ranking="lift")
 SCORES = [("held_out", "auc"), ("held_out", "auprc"), ("held_out", "correlation"), ("held_out", "pixel_auprc"),
           ("probe", "auc"), ("probe", "mad")]
 
@@ -50,12 +52,17 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def lavise_words(ref, mapper, labels, prior, vocabulary, seed: int) -> pd.DataFrame:
-    """The notebooks' explanations: the gamma calibrated under the explainer's own settings, prior and vocabulary."""
-    settings = ExplainSettings()
-    grid = CalibrationSettings(seed=seed, gammas=[round(0.02 * i, 2) for i in range(26)])
-    record = GammaCalibration(ref.store, mapper, ref.space, settings, calibration=grid, vocabulary=vocabulary,
-                              weak_labels=labels, prior=prior).fit()
+def grid(seed: int) -> CalibrationSettings:
+    return CalibrationSettings(seed=seed, gammas=[round(0.02 * i, 2) for i in range(26)])
+
+
+def lavise_words(ref, mapper, inner, labels, prior, vocabulary, seed: int,
+                 settings: ExplainSettings | None = None) -> pd.DataFrame:
+    """The notebooks' explanations: the gamma calibrated under the explainer's own settings, prior and vocabulary
+    (``inner``: the calibration's inner head, the same for every setting)."""
+    settings = ExplainSettings() if settings is None else settings
+    record = GammaCalibration(ref.store, mapper, ref.space, settings, calibration=grid(seed), vocabulary=vocabulary,
+                              weak_labels=labels, prior=prior).fit(inner)
     return FilterExplainer(ref.store, mapper.calibrated(record), ref.space, vocabulary, settings,
                            prior=prior).explain()
 
@@ -147,21 +154,26 @@ def main() -> None:
     prior = ClassPrior(ref.model, ref.dataset, ref.space, show_progress=False)
     crop_prior = ClassPrior(ref.model, ref.dataset, ref.space, source="region", show_progress=False)
     default_split = args.seen_fraction == TrainingConfig.seen_fraction
-    words = out / ("first_words" if default_split else f"first_words_seen{args.seen_fraction:g}")
+    defaults = ExplainSettings()  # cached tables hold for these settings only: the folder names them
+    words = out / (f"first_words_p{defaults.p}_{defaults.ranking}"
+                   + ("" if default_split else f"_seen{args.seen_fraction:g}"))
     config = TrainingConfig(seed=args.seed, seen_fraction=args.seen_fraction)
     trainer = ExplainerTrainer(store, ref.space, config, weak_labels=labels, device=spec.device, show_progress=False)
     seen = set(trainer.seen)
     trained = functools.cache(trainer.fit)  # the notebooks' mapper, trained only when a table is not cached
+    inner = functools.cache(lambda: GammaCalibration(store, trained(), ref.space, calibration=grid(args.seed),
+                                                     weak_labels=labels).inner_mapper())
+
+    def lavise(prior_, vocabulary, settings=None):
+        return lambda: lavise_words(ref, trained(), inner(), labels, prior_, vocabulary, args.seed, settings)
+
     methods = {
-        DEFAULT: ("trained", cached(
-            words / "lavise_prior.csv", lambda: lavise_words(ref, trained(), labels, prior, nouns, args.seed))),
-        CROPS: ("trained", cached(
-            words / "lavise_crop_prior.csv", lambda: lavise_words(ref, trained(), labels, crop_prior, nouns,
-                                                                  args.seed))),
-        "lavise without the class prior": ("trained", cached(
-            words / "lavise.csv", lambda: lavise_words(ref, trained(), labels, None, nouns, args.seed))),
+        DEFAULT: ("trained", cached(words / "lavise_prior.csv", lavise(prior, nouns))),
+        CROPS: ("trained", cached(words / "lavise_crop_prior.csv", lavise(crop_prior, nouns))),
+        LIFT: ("trained", cached(words / "lavise_prior_lift.csv", lavise(prior, nouns, LIFT_SETTINGS))),
+        "lavise without the class prior": ("trained", cached(words / "lavise.csv", lavise(None, nouns))),
         "lavise, annotated concepts only, no prior": ("trained", cached(
-            words / "lavise_concepts.csv", lambda: lavise_words(ref, trained(), labels, None, "concepts", args.seed))),
+            words / "lavise_concepts.csv", lavise(None, "concepts"))),
         "netdissect": ("trained", network_dissection(store, top_words=1)),
         "invert (in-sample AUC)": ("trained", invert_labels(store, top_words=1)),
         "frequency": ("trained", frequency_baseline(store, pd.DataFrame({"filter": range(store.shape[1])}), 1)),
@@ -189,6 +201,8 @@ def main() -> None:
              head_to_head(pairs, DEFAULT, "netdissect"),
              *by_split(pairs, DEFAULT, "netdissect", seen),
              head_to_head(pairs, DEFAULT, CROPS),
+             head_to_head(pairs, DEFAULT, LIFT), head_to_head(pairs, DEFAULT, LIFT, "held_out_auc"),
+             head_to_head(pairs, LIFT, "netdissect"), *by_split(pairs, LIFT, "netdissect", seen),
              head_to_head(pairs, "lavise without the class prior", "netdissect"),
              head_to_head(pairs, "lavise, annotated concepts only, no prior", "netdissect"),
              *by_split(pairs, "lavise, annotated concepts only, no prior", "netdissect", seen),

@@ -43,6 +43,9 @@ def test_filter_card_draws_top_images_with_their_words(tiny_store, shapes, table
     assert "red" in list(ranked["word"])[:3]
     widths = [p.get_width() for p in words_ax.patches]
     assert np.allclose(widths, ranked["votes"])
+    notes = [t.get_text() for t in words_ax.texts]
+    assert [f"lift {x:.1f}" in n and f"support {s:.0%}" in n for n, x, s in
+            zip(notes, ranked["lift"], ranked["support"])] == [True] * len(ranked)
     # colours follow the word kinds; the legend names them
     colours = [matplotlib.colors.to_hex(p.get_facecolor()[:3]) for p in words_ax.patches]
     assert colours == [KIND_STYLE[k]["color"] for k in ranked["kind"]]
