@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["TrainingConfig", "ExplainSettings", "CalibrationSettings", "METHODS", "ATTENTION_FORMS", "VOTING", "RANKINGS",
-           "POOLING", "CropSettings", "check_int", "check_float", "check_choice"]
+__all__ = ["TrainingConfig", "ExplainSettings", "CalibrationSettings", "METHODS", "ATTENTION_FORMS", "VOTING",
+           "RANKINGS", "POOLING", "CropSettings", "check_int", "check_float", "check_choice"]
 
 METHODS = ("attention", "activation_masking", "image_masking", "original")
 ATTENTION_FORMS = ("soft_mask", "paper", "code")

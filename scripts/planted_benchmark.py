@@ -38,7 +38,7 @@ from lavise_nb import (ActivationStore, ExplainerTrainer, FilterExplainer, Refer
                        load_word_space)
 from lavise_nb.calibration import Calibration, GammaCalibration
 from lavise_nb.coherence import NULL_LEVEL
-from lavise_nb.config import CalibrationSettings, ExplainSettings, TrainingConfig
+from lavise_nb.config import RANKINGS, CalibrationSettings, ExplainSettings, TrainingConfig
 from lavise_nb.detectors import (ProbeSettings, Probes, concept_kind, firing_auc, fit_probes, plant,
                                  planted_ranks)
 from lavise_nb.labels import model_labels
@@ -64,8 +64,8 @@ def parse() -> argparse.Namespace:
                         help="a ceiling; early stopping ends training (the recorded run of the note used 60)")
     parser.add_argument("--no-weak-labels", action="store_true",
                         help="train without the model's own ImageNet predictions (the notebooks use them)")
-    parser.add_argument("--p", type=int, default=25, help="top images per filter (--smoke: 5)")
-    parser.add_argument("--ranking", default="votes", choices=("votes", "lift"),
+    parser.add_argument("--p", type=int, default=ExplainSettings.p, help="top images per filter (--smoke: 5)")
+    parser.add_argument("--ranking", default=ExplainSettings.ranking, choices=RANKINGS,
                         help="how a filter's words are ordered (ExplainSettings.ranking)")
     parser.add_argument("--store-root", default=None)
     args = parser.parse_args()
