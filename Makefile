@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= outputs
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo run test lab quality bench bench-scale clean-outputs
+.PHONY: setup demo run test lab quality bench bench-scale bench-cuda clean-outputs
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ bench: $(STAMP)
 # COCO-sized synthetic stores (12,500 and 50,000 images x 2,048 x 7 x 7; about 13 GB of disk, 30 min on 2 cores)
 bench-scale: $(STAMP)
 	$(PY) benchmarks/scale.py --output-dir $(OUT)/bench $(SCALE_ARGS)
+
+# the pipeline's stages on a GPU with nothing to download (ShapesWorld, random word vectors); CUDA_ARGS="--images 500"
+bench-cuda: $(STAMP)
+	$(PY) benchmarks/cuda_check.py --output-dir $(OUT)/cuda_check $(CUDA_ARGS)
 
 clean-outputs:
 	rm -rf $(OUT)
