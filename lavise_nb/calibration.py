@@ -73,8 +73,9 @@ class Calibration:
         """How an explainer's settings differ from the ones this record was tuned under, in words."""
         problems = []
         if self.settings is not None:
-            defaults = ExplainSettings()  # a key a record lacks was tuned at its default (an older record)
-            tuned = {k: self.settings.get(k, getattr(defaults, k)) for k in {**self.settings, **settings.scoring()}}
+            # records older than the ranking option were tuned with the default ranking; other keys a record
+            # lacks were not in effect when it was tuned, and the keys that differ already say so
+            tuned = {"ranking": ExplainSettings().ranking, **self.settings}
             changed = {k: (v, getattr(settings, k)) for k, v in tuned.items() if getattr(settings, k) != v}
             problems += [f"{k}={new!r} (tuned with {old!r})" for k, (old, new) in changed.items()]
         used = None if prior is None else prior.settings

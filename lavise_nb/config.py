@@ -181,8 +181,8 @@ class ExplainSettings:
     ranking : {"votes", "lift"}
         How a filter's words are ordered. ``"votes"``: by their votes. ``"lift"``: by
         (share + ``lift_floor``) / (base + ``lift_floor``), the word's share of the
-        filter's votes over its mean share among all the layer's filters, so words
-        every filter votes for (hubs, frequent backgrounds) sink.
+        filter's votes over its mean share among the layer's filters with top images,
+        so words every filter votes for (hubs, frequent backgrounds) sink.
     lift_floor : float
         Added to both shares of ``"lift"`` (> 0), so a word with a tiny base share
         does not win on a tiny share of its own.

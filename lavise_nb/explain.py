@@ -354,8 +354,8 @@ class FilterExplainer:
             word, see ``voting``), ``support`` (``votes`` over the summed max
             activation of the filter's voting images: 1 when every image gives the
             word its whole vote, near 0 when the images disagree), ``lift`` (the word's share of the
-            filter's votes over its mean share among all the layer's filters, each plus ``lift_floor``:
-            above 1 when the word is more typical of this filter than of the layer; the order with
+            filter's votes over its mean share among the layer's filters with top images, each plus
+            ``lift_floor``: above 1 when the word is more typical of this filter than of the layer; the order with
             ``ranking="lift"``), ``score`` (mean calibrated cosine over
             the images that voted for it), ``kind`` ("seen", "unseen" annotated concept, or "zero-shot"
             word outside the annotations), ``n_images`` (images that voted), ``coherence`` and

@@ -34,6 +34,7 @@ DEFAULT = "lavise (notebook defaults: nouns, weak labels, prior from the stored 
 CROPS = "lavise, prior from image crops (source='region')"
 LIFT = "lavise, words ordered by lift, p=100 (ranking='lift')"
 LIFT_SETTINGS = ExplainSettings(p=100, ranking="lift")
+LIFT_TABLE = f"lavise_prior_{LIFT_SETTINGS.ranking}_p{LIFT_SETTINGS.p}_floor{LIFT_SETTINGS.lift_floor:g}.csv"
 SCORES = [("held_out", "auc"), ("held_out", "auprc"), ("held_out", "correlation"), ("held_out", "pixel_auprc"),
           ("probe", "auc"), ("probe", "mad")]
 
@@ -155,7 +156,7 @@ def main() -> None:
     crop_prior = ClassPrior(ref.model, ref.dataset, ref.space, source="region", show_progress=False)
     default_split = args.seen_fraction == TrainingConfig.seen_fraction
     defaults = ExplainSettings()  # cached tables hold for these settings only: the folder names them
-    words = out / (f"first_words_p{defaults.p}_{defaults.ranking}"
+    words = out / (f"first_words_n{args.n_images}_seed{args.seed}_p{defaults.p}_{defaults.ranking}"
                    + ("" if default_split else f"_seen{args.seen_fraction:g}"))
     config = TrainingConfig(seed=args.seed, seen_fraction=args.seen_fraction)
     trainer = ExplainerTrainer(store, ref.space, config, weak_labels=labels, device=spec.device, show_progress=False)
@@ -170,7 +171,7 @@ def main() -> None:
     methods = {
         DEFAULT: ("trained", cached(words / "lavise_prior.csv", lavise(prior, nouns))),
         CROPS: ("trained", cached(words / "lavise_crop_prior.csv", lavise(crop_prior, nouns))),
-        LIFT: ("trained", cached(words / "lavise_prior_lift.csv", lavise(prior, nouns, LIFT_SETTINGS))),
+        LIFT: ("trained", cached(words / LIFT_TABLE, lavise(prior, nouns, LIFT_SETTINGS))),
         "lavise without the class prior": ("trained", cached(words / "lavise.csv", lavise(None, nouns))),
         "lavise, annotated concepts only, no prior": ("trained", cached(
             words / "lavise_concepts.csv", lavise(None, "concepts"))),

@@ -33,9 +33,10 @@ def test_cuda_check_runs_every_stage_on_cpu(tmp_path):
 
 
 def test_cuda_check_says_what_to_do_without_cuda(tmp_path):
+    import pytest
     import torch
     if torch.cuda.is_available():
-        return
+        pytest.skip("a cuda device is here: the check runs instead of refusing")
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cuda_check.py"), "--output-dir",
                              str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -120,6 +120,8 @@ def test_calibration_records_its_prior_and_explainers_check_it(tiny_store, mappe
     with pytest.warns(UserWarning, match=r"ranking='lift' \(tuned with 'votes'\)"):
         FilterExplainer(tiny_store, tuned, space, "concepts", dataclasses.replace(settings, ranking="lift"),
                         prior=prior)
+    lift = dataclasses.replace(settings, ranking="lift", lift_floor=0.05)
+    assert tuned.calibration.mismatch(lift, prior, "concepts") == ["ranking='lift' (tuned with 'votes')"]
     older = dataclasses.replace(record, settings={k: v for k, v in record.settings.items() if k != "ranking"})
     with pytest.warns(UserWarning, match=r"ranking='lift' \(tuned with 'votes'\)"):  # a record from before ranking
         FilterExplainer(tiny_store, mapper.calibrated(older), space, "concepts",
