@@ -66,7 +66,7 @@ def main() -> None:
     device = resolve_device(device_name)
     spec = ReferenceSpec(n_images=n, device=device_name)
     settings = spec.build_settings
-    workers = min(2, os.cpu_count() or 1) if settings.num_workers is None else settings.num_workers
+    workers = settings.workers
     stages, forward = Stages(device), []
     facts = {"images": n, "batch_size": settings.batch_size, "workers": workers, "device": str(device),
              "malloc": os.environ.get("LAVISE_NB_MALLOC", ""), "cache": os.environ.get("LAVISE_NB_CACHE", "")}

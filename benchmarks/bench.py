@@ -336,7 +336,7 @@ def run_perf(args) -> None:
     started = time.perf_counter()
     load_start = load_average()
     device = resolve_device(args.device)
-    workers = min(2, os.cpu_count() or 1) if args.workers is None else args.workers
+    workers = BuildSettings(num_workers=args.workers).workers
     n = args.n
     out = Path(args.output_dir)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lavise-bench-"))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -40,7 +39,6 @@ from _pipeline_worker import Stages, bare_forward  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from gensim.models import KeyedVectors  # noqa: E402
 
 from lavise_nb import (ActivationStore, BuildSettings, CalibrationSettings, ClassPrior, ExplainerTrainer,  # noqa: E402
                        ExplainSettings, FilterExplainer, GammaCalibration, TrainingConfig, imagenet_classes,
@@ -48,7 +46,7 @@ from lavise_nb import (ActivationStore, BuildSettings, CalibrationSettings, Clas
 from lavise_nb.datasets.shapes import ShapesWorld  # noqa: E402
 from lavise_nb.labels import model_labels  # noqa: E402
 from lavise_nb.probe import resolve_device  # noqa: E402
-from lavise_nb.words import WordSpace  # noqa: E402
+from lavise_nb.words.space import WordSpace, make_kv, unit_rows  # noqa: E402
 
 LAYERS = {"efficientnet-lite0": "_blocks.15", "resnet18": "layer4"}
 DIMENSION = 434   # GloVe 50-d + MiniLM 384-d, the default space's width
@@ -56,10 +54,8 @@ DIMENSION = 434   # GloVe 50-d + MiniLM 384-d, the default space's width
 
 def random_space(words: list[str], seed: int = 0) -> WordSpace:
     """Seeded random unit vectors for ``words`` (a word space whose names carry no meaning)."""
-    vectors = np.random.default_rng(seed).standard_normal((len(words), DIMENSION)).astype(np.float32)
-    kv = KeyedVectors(DIMENSION)
-    kv.add_vectors(words, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    return WordSpace(kv, f"random-{DIMENSION}d-{seed}")
+    vectors = np.random.default_rng(seed).standard_normal((len(words), DIMENSION))
+    return WordSpace(make_kv(words, unit_rows(vectors)), f"random-{DIMENSION}d-{seed}")
 
 
 def device_gap(model, layer: str, n: int, root: Path, settings: BuildSettings, device: str) -> dict:
@@ -80,8 +76,9 @@ def run(args) -> dict:
     layer = LAYERS[args.model]
     dataset = ShapesWorld(args.images, preprocess=model.preprocess, seed=0)
     settings = BuildSettings(num_workers=args.workers)
-    workers = settings.num_workers if settings.num_workers is not None else min(2, os.cpu_count() or 1)
+    workers = settings.workers
     vocabulary = [f"word{i:05d}" for i in range(args.words)]
+    candidates = vocabulary + list(dataset.concepts)
     space = random_space([*dataset.concepts, *imagenet_classes(), *vocabulary])
     stages, forward = Stages(device), []
     root = Path(tempfile.mkdtemp(prefix="lavise-cuda-check-"))
@@ -101,17 +98,17 @@ def run(args) -> dict:
     grid = CalibrationSettings(seed=0, gammas=[round(0.02 * i, 2) for i in range(26)],
                                inner_epochs=args.max_epochs)
     record = stages.run("calibration", "01", lambda: GammaCalibration(
-        store, mapper, space, explain_settings, calibration=grid, vocabulary=vocabulary + list(store.concepts),
+        store, mapper, space, explain_settings, calibration=grid, vocabulary=candidates,
         weak_labels=labels, prior=prior).fit())
     calibrated = mapper.calibrated(record)
     explanations = stages.run("explaining", "02", lambda: FilterExplainer(
-        store, calibrated, space, vocabulary + list(store.concepts), explain_settings, prior=prior,
+        store, calibrated, space, candidates, explain_settings, prior=prior,
         device=args.device).explain())
     forward.append(bare_forward(model, dataset, settings.batch_size, workers, device))
 
     result = {"facts": {"model": args.model, "layer": layer, "images": len(dataset), "device": str(device),
                         "batch_size": settings.batch_size, "workers": workers, "epochs_run": len(mapper.history),
-                        "filters": int(store.shape[1]), "candidate_words": len(vocabulary) + len(store.concepts),
+                        "filters": int(store.shape[1]), "candidate_words": len(candidates),
                         "explanation_rows": len(explanations),
                         "filters_explained": int(explanations["filter"].nunique()), "gammas": [record.gamma, record.filter_gamma],
                         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},

@@ -348,6 +348,14 @@ def test_bad_build_settings_name_the_field_and_range(field, value, message):
         BuildSettings(**{field: value})
 
 
+def test_build_settings_resolve_their_workers(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert BuildSettings().workers == 2 and BuildSettings(num_workers=0).workers == 0
+    assert BuildSettings(num_workers=5).workers == 5
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert BuildSettings().workers == 1
+
+
 def test_settings_must_be_build_settings(tmp_path, tiny_model, data):
     with pytest.raises(TypeError, match="settings must be a BuildSettings"):
         ActivationStore.build(tiny_model, LAYER, data, tmp_path, {"batch_size": 4})

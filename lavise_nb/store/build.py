@@ -112,6 +112,11 @@ class BuildSettings:
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "quantile", float(q))
 
+    @property
+    def workers(self) -> int:
+        """The DataLoader worker processes a build uses: ``num_workers``, or ``min(2, CPU count)`` for None."""
+        return min(2, os.cpu_count() or 1) if self.num_workers is None else self.num_workers
+
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -278,8 +283,7 @@ class _StoreBuild:
     def loader(self, first: int) -> torch.utils.data.DataLoader:
         """Batches of images ``first`` to the end, their masks packed and pooled in the workers."""
         map_size = layer_map_size(self.model, self.layer, int(self.dataset.preprocess.size), self.device)
-        workers = self.settings.num_workers
-        workers = min(2, os.cpu_count() or 1) if workers is None else workers
+        workers = self.settings.workers
         return torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.dataset, range(first, self.stop)), batch_size=self.settings.batch_size,
             shuffle=False, num_workers=workers, collate_fn=StoreCollate(map_size, self.start),
