@@ -27,7 +27,7 @@ Ideas, each measured alone (`--ideas` picks a subset):
                     annotated concept, so no held-out word is taught
     vocab_negatives[:n[:seed]] n (default 1000) random concrete nouns added as negative-only labels of the hinge loss (nouns sharing a
                     token with an annotated concept left out, as the trainer does for weak labels)
-    fewer_seen:f    the seen-concept count's effect, measured the only way open here (no more concepts exist):
+    fewer_seen:f    the seen-concept count's effect among the photo concepts (scripts/clipart_trial.py adds clip-art ones):
                     train on a random share f of the seen concepts; a drop says more concepts would help
     seed:s          the baseline retrained with another seed (initialisation, batch order, validation split): the
                     noise level of every other row

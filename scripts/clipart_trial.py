@@ -1,0 +1,168 @@
+"""Zero-shot trial for issue 13, "more seen concepts": Tux Paint's clip-art stamps as extra named concepts.
+
+The stamp table names 173 clip-art stamps by hand (below) with 91 concepts that no photo stamp has and that
+are none of the six planted concepts; they join the photo stamps in one StampScenes set (``--n-images``,
+default 3000, so each photo concept keeps about as many images as in the 2000-scene default). Six logistic
+probes (tiger, pineapple, giraffe, kangaroo, forest, ocean) are planted after `_blocks.15` of EfficientNet-Lite0
+as in scripts/planted_benchmark.py. Explainers are trained on the same planted store with the
+six held out, no weak labels and no class prior: on the photo concepts only (198 seen), on photo + clip-art
+concepts (287 seen), and on random subsets of --sizes of the 287, each with seeds 0 and 1. For each head it
+prints the planted words' ranks among the 10.6k concrete nouns (p = 25 votes and p = 100 lift, seen offsets 0,
+0.1, 0.3) and, per held-out concept, the median rank of its word for its own masks (mask level, the less noisy
+view). Writes --output-dir/clipart_trial.csv.
+
+    python scripts/clipart_trial.py    # 2 cores: the two stores about 7 min, the ten heads about 6.5 min
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import planted_benchmark as pb  # noqa: E402
+
+from lavise_nb import ActivationStore, ExplainerTrainer, FilterExplainer, ReferenceSpec, Vocabulary, load_word_space  # noqa: E402
+from lavise_nb.config import ExplainSettings, TrainingConfig  # noqa: E402
+from lavise_nb.datasets import CocoDataset  # noqa: E402
+from lavise_nb.detectors import plant, planted_ranks  # noqa: E402
+from lavise_nb.reference import load_target  # noqa: E402
+from lavise_nb.scenes import SceneSettings, build_stamp_scenes, stamp_table  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--n-images", type=int, default=3000)
+parser.add_argument("--output-dir", default="outputs/clipart_trial")
+parser.add_argument("--sizes", default="100,150,200",
+                    help="also train on random subsets of this many of the 287 concepts (the count's effect alone)")
+args = parser.parse_args()
+N = args.n_images
+OUT = Path(args.output_dir)
+CACHE = OUT / "cache"
+CACHE.mkdir(parents=True, exist_ok=True)
+SIX = ["tiger", "pineapple", "giraffe", "kangaroo", "forest", "ocean"]
+NAMES = {  # clip-art path (prefix match) -> concept; only concepts no photo stamp has, none planted
+ "animals/dinosaur/cartoon/dinosaurSings": "dinosaur", "animals/insects/bee": "bee",
+ "animals/insects/cartoon/butterfly": "butterfly", "seasonal/easter/butterfly": "butterfly",
+ "animals/insects/cartoon/dragonfly": "dragonfly", "animals/insects/cartoon/ladybug": "ladybug",
+ "animals/insects/cartoon/snail": "snail", "animals/insects/cartoon/spider": "spider", "seasonal/halloween/spider": "spider",
+ "animals/mammals/echidna": "echidna", "animals/mammals/hedgehog": "hedgehog",
+ "clothes/armor/cartoon/knight_helmet": "helmet", "sports/cartoon/football_helmet": "helmet",
+ "clothes/button": "button", "clothes/hats/blue_fedora": "fedora", "clothes/hats/green_fedora": "fedora",
+ "clothes/hats/feathered_hat": "hat", "clothes/hats/propeller_hat": "hat", "clothes/hats/tophat": "hat",
+ "seasonal/christmas/santahat": "hat", "clothes/hats/sombrero": "sombrero", "clothes/t_baseballcap": "cap",
+ "clothes/t_glove": "glove", "clothes/t_jacket": "jacket", "clothes/t_pants": "pants", "clothes/t_poloshirt": "shirt",
+ "clothes/t_shirt": "shirt", "clothes/t_tshirt": "shirt", "clothes/t_scarf": "scarf", "clothes/t_sock": "sock",
+ "food/dessert/cartoon/birthday_cake": "cake", "food/dessert/cartoon/pink_cake": "cake",
+ "food/fruit/cartoon/blueberry": "blueberry", "food/fruit/cartoon/peach": "peach", "food/fruit/cartoon/prune": "prune",
+ "food/pizza": "pizza", "household/arttools/highlighter": "highlighter", "household/dishes/cartoon/pasta_pot": "pot",
+ "household/dishes/cartoon/pressure_cooker": "cooker", "household/dishes/glass": "glass", "medical/tooth": "tooth",
+ "naturalforces/lightningbolt": "lightning", "people/body_parts/eye": "eye", "people/cartoon/mermaid": "mermaid",
+ "people/cartoon/snowman": "snowman", "seasonal/christmas/Santa": "santa", "seasonal/christmas/bow": "bow",
+ "seasonal/christmas/star": "star", "symbols/shapes/star": "star", "seasonal/christmas/stocking": "stocking",
+ "seasonal/easter/bluebird": "bluebird", "seasonal/easter/bunny": "bunny", "seasonal/easter/chick": "chick",
+ "seasonal/easter/daffodil": "daffodil", "seasonal/halloween/bat_left": "bat", "seasonal/halloween/blackcat": "cat",
+ "seasonal/halloween/ghost": "ghost", "seasonal/halloween/skull": "skull", "seasonal/hanukkah/dreydl": "dreidel",
+ "seasonal/hanukkah/menorah": "menorah", "seasonal/newyears/confetti": "confetti", "seasonal/newyears/party-horn": "horn",
+ "sports/cartoon/volleyball": "volleyball", "symbols/alphabets/asl/": "hand", "symbols/shapes/hand": "hand",
+ "symbols/clockface": "clock", "symbols/shapes/pawprint": "pawprint", "town/cartoon/docks": "dock",
+ "town/cartoon/fountain": "fountain", "town/cartoon/gate": "gate", "town/cartoon/ruins": "ruins",
+ "town/cartoon/shipwreck": "shipwreck", "town/cartoon/watch_tower": "tower", "town/cartoon/wishing_well": "well",
+ "town/flags/": "flag", "town/houses/cartoon/cathedral": "cathedral", "town/houses/cartoon/circus": "tent",
+ "town/houses/cartoon/cityhouse": "house", "town/houses/cartoon/fairytale_castle": "castle",
+ "town/houses/cartoon/farm": "farm", "town/houses/cartoon/fort.": "fort", "town/houses/cartoon/fortress": "fortress",
+ "town/houses/cartoon/hunter": "house", "town/houses/cartoon/igloo": "igloo", "town/houses/cartoon/jailhouse": "jail",
+ "town/houses/cartoon/medieval_tent": "tent", "town/houses/cartoon/monastery": "monastery",
+ "town/houses/cartoon/pinkhome": "house", "town/houses/cartoon/stables": "stable", "town/houses/cartoon/swisshome": "house",
+ "town/houses/cartoon/tent": "tent", "town/houses/cartoon/tepee": "tepee", "town/houses/cartoon/tower": "tower",
+ "town/houses/cartoon/warehouse": "warehouse", "town/houses/cartoon/windmill": "windmill",
+ "town/houses/cartoon/wooden_cottage": "cottage", "town/monuments/cartoon/eiffel_tower": "tower",
+ "town/monuments/cartoon/obelisk": "obelisk", "town/monuments/cartoon/pyramid": "pyramid",
+ "town/monuments/cartoon/statue": "statue", "town/monuments/cartoon/sword_in_the_stone": "sword",
+ "town/monuments/cartoon/totem": "totem", "town/roadsigns/stoplight": "stoplight",
+ "vehicles/farming/cartoon/tux_tractor": "tractor", "vehicles/flight/cartoon/eddieCopter": "helicopter",
+ "vehicles/locomotive/cartoon/boxcar": "boxcar", "vehicles/locomotive/cartoon/caboose": "caboose",
+ "vehicles/locomotive/cartoon/carriage": "carriage", "vehicles/locomotive/cartoon/toy_train": "locomotive",
+ "vehicles/ship/cartoon/tugboat": "tugboat",
+}
+t0 = time.time()
+def log(msg): print(f"[{time.time()-t0:7.1f} s] {msg}", flush=True)
+
+table = stamp_table()
+photo = set(table[(table.kind == "photo") & (table.reason == "") & (table.concept != "")].concept)
+clip = []
+for i, row in table[table.kind == "clipart"].iterrows():
+    name = next((c for prefix, c in NAMES.items() if row.path.startswith(prefix)), None)
+    if name:
+        assert name not in photo and name not in SIX, name
+        table.loc[i, ["kind", "concept", "reason"]] = ["photo", name, ""]
+        clip.append(name)
+clipart = sorted(set(clip))
+log(f"{len(clip)} clip-art stamps named, {len(clipart)} new concepts: {clipart}")
+
+spec = ReferenceSpec()
+model = load_target(spec)
+scenes = build_stamp_scenes(settings=SceneSettings(n_images=N, seed=0), stamp_table=table, show_progress=False)
+dataset = CocoDataset(scenes / "annotations.json", scenes / "images", model.preprocess)
+log(f"scenes {scenes}")
+store = ActivationStore.build(model, pb.LAYER, dataset, show_progress=False)
+log(f"store {store}")
+counts = store.objects.groupby("concept")["image"].nunique()
+log("six concepts' images: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in SIX))
+probes = pb.cached_probes(store, SIX, CACHE)
+planted = plant(model, pb.LAYER, probes)
+pstore = ActivationStore.build(planted.model, planted.layer, dataset, show_progress=False)
+channels = planted.channels
+log("planted store")
+space = load_word_space(spec.word_space, words=list(pstore.concepts))
+nouns = Vocabulary.concrete_nouns(space)
+known = set(space.embed(list(pstore.concepts), missing="skip").names)
+others = [c for c in pstore.concepts if c not in SIX and c in known]
+base_seen = [c for c in others if c not in set(clipart)]
+log(f"seen: baseline {len(base_seen)}, with clip-art {len(others)}; clip-art in nouns: "
+    f"{sum(c in set(nouns.words) for c in clipart)}")
+
+rows = []
+rng = np.random.default_rng(0)
+subsets = [(f"random {k}", sorted(rng.choice(others, size=k, replace=False).tolist()))
+           for k in (int(v) for v in args.sizes.split(",") if v)]
+for label, seen in (("photo only", base_seen), ("photo + clip-art", others), *subsets):
+    for seed in (0, 1):
+        config = TrainingConfig(seen=tuple(seen), seed=seed)
+        trainer = ExplainerTrainer(pstore, space, config, weak_labels=None, missing="skip", show_progress=False)
+        path = CACHE / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{N}.pt"
+        mapper = pb.cached_mapper(path, pstore, space, trainer.fit)
+        log(f"head {label} seed {seed}")
+        # mask-level diagnostic: the held-out concepts' own masks
+        masks, pooled = trainer.masks, trainer.pooled()
+        probe_ex = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))
+        ml = {}
+        for c in SIX:
+            idx = np.flatnonzero(masks["concepts"].map(lambda t: c in t).to_numpy())
+            scores = probe_ex.word_scores(mapper.embed(pooled[idx]))
+            truth = scores[:, probe_ex.words.index(c)]
+            ml[c] = float(((scores > truth[:, None]).sum(1) + 1).float().median())
+        for p, ranking in ((25, "votes"), (100, "lift")):
+            for gamma in (0.0, 0.1, 0.3):
+                s = ExplainSettings(p=p, ranking=ranking, top_words=100, calibrated=gamma if gamma else False)
+                r = planted_ranks(FilterExplainer(pstore, mapper, space, nouns, s), channels)
+                r = r[r.concept.isin(SIX)]
+                row = dict(seen=label, n_seen=len(seen), seed=seed, p=p, ranking=ranking, gamma=gamma,
+                           top5=int((r["rank"] <= 5).sum()))
+                for x in r.itertuples():
+                    row[x.concept] = x.rank
+                    row[f"w_{x.concept}"] = x.words
+                row.update({f"mask_{c}": v for c, v in ml.items()})
+                rows.append(row)
+                log(f"{label} s{seed} p{p} {ranking} g{gamma}: top5 {row['top5']} | " +
+                    ", ".join(f"{c} {row.get(c)}" for c in SIX) + " | mask medians " +
+                    ", ".join(f"{c} {ml[c]:.0f}" for c in SIX))
+        pd.DataFrame(rows).to_csv(OUT / "clipart_trial.csv", index=False)
+df = pd.DataFrame(rows)
+print(df[["seen", "seed", "p", "ranking", "gamma", "top5", *SIX]].to_string())
+summary = df.groupby(["seen", "n_seen"]).agg(top5_min=("top5", "min"), top5_max=("top5", "max"),
+                                             **{f"mask_{c}": (f"mask_{c}", "mean") for c in SIX})
+print("\nper seen set: planted words at rank <= 5 over the 12 settings (min, max); mask-level median rank, "
+      "mean of the two seeds")
+print(summary.sort_values("n_seen").to_string())
