@@ -31,16 +31,6 @@ from lavise_nb.detectors import plant, planted_ranks  # noqa: E402
 from lavise_nb.reference import load_target  # noqa: E402
 from lavise_nb.scenes import SceneSettings, build_stamp_scenes, stamp_table  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--n-images", type=int, default=3000)
-parser.add_argument("--output-dir", default="outputs/clipart_trial")
-parser.add_argument("--sizes", default="100,150,200",
-                    help="also train on random subsets of this many of the 287 concepts (the count's effect alone)")
-args = parser.parse_args()
-N = args.n_images
-OUT = Path(args.output_dir)
-CACHE = OUT / "cache"
-CACHE.mkdir(parents=True, exist_ok=True)
 SIX = ["tiger", "pineapple", "giraffe", "kangaroo", "forest", "ocean"]
 NAMES = {  # clip-art path (prefix match) -> concept; only concepts no photo stamp has, none planted
  "animals/dinosaur/cartoon/dinosaurSings": "dinosaur", "animals/insects/bee": "bee",
@@ -86,83 +76,103 @@ NAMES = {  # clip-art path (prefix match) -> concept; only concepts no photo sta
  "vehicles/locomotive/cartoon/carriage": "carriage", "vehicles/locomotive/cartoon/toy_train": "locomotive",
  "vehicles/ship/cartoon/tugboat": "tugboat",
 }
-t0 = time.time()
-def log(msg): print(f"[{time.time()-t0:7.1f} s] {msg}", flush=True)
+T0 = time.time()
 
-table = stamp_table()
-photo = set(table[(table.kind == "photo") & (table.reason == "") & (table.concept != "")].concept)
-clip = []
-for i, row in table[table.kind == "clipart"].iterrows():
-    name = next((c for prefix, c in NAMES.items() if row.path.startswith(prefix)), None)
-    if name:
-        assert name not in photo and name not in SIX, name
-        table.loc[i, ["kind", "concept", "reason"]] = ["photo", name, ""]
-        clip.append(name)
-clipart = sorted(set(clip))
-log(f"{len(clip)} clip-art stamps named, {len(clipart)} new concepts: {clipart}")
 
-spec = ReferenceSpec()
-model = load_target(spec)
-scenes = build_stamp_scenes(settings=SceneSettings(n_images=N, seed=0), stamp_table=table, show_progress=False)
-dataset = CocoDataset(scenes / "annotations.json", scenes / "images", model.preprocess)
-log(f"scenes {scenes}")
-store = ActivationStore.build(model, pb.LAYER, dataset, show_progress=False)
-log(f"store {store}")
-counts = store.objects.groupby("concept")["image"].nunique()
-log("six concepts' images: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in SIX))
-probes = pb.cached_probes(store, SIX, CACHE)
-planted = plant(model, pb.LAYER, probes)
-pstore = ActivationStore.build(planted.model, planted.layer, dataset, show_progress=False)
-channels = planted.channels
-log("planted store")
-space = load_word_space(spec.word_space, words=list(pstore.concepts))
-nouns = Vocabulary.concrete_nouns(space)
-known = set(space.embed(list(pstore.concepts), missing="skip").names)
-others = [c for c in pstore.concepts if c not in SIX and c in known]
-base_seen = [c for c in others if c not in set(clipart)]
-log(f"seen: baseline {len(base_seen)}, with clip-art {len(others)}; clip-art in nouns: "
-    f"{sum(c in set(nouns.words) for c in clipart)}")
+def log(msg: str) -> None:
+    print(f"[{time.time() - T0:7.1f} s] {msg}", flush=True)
 
-rows = []
-rng = np.random.default_rng(0)
-subsets = [(f"random {k}", sorted(rng.choice(others, size=k, replace=False).tolist()))
-           for k in (int(v) for v in args.sizes.split(",") if v)]
-for label, seen in (("photo only", base_seen), ("photo + clip-art", others), *subsets):
-    for seed in (0, 1):
-        config = TrainingConfig(seen=tuple(seen), seed=seed)
-        trainer = ExplainerTrainer(pstore, space, config, weak_labels=None, missing="skip", show_progress=False)
-        path = CACHE / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{N}.pt"
-        mapper = pb.cached_mapper(path, pstore, space, trainer.fit)
-        log(f"head {label} seed {seed}")
-        # mask-level diagnostic: the held-out concepts' own masks
-        masks, pooled = trainer.masks, trainer.pooled()
-        probe_ex = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))
-        ml = {}
-        for c in SIX:
-            idx = np.flatnonzero(masks["concepts"].map(lambda t: c in t).to_numpy())
-            scores = probe_ex.word_scores(mapper.embed(pooled[idx]))
-            truth = scores[:, probe_ex.words.index(c)]
-            ml[c] = float(((scores > truth[:, None]).sum(1) + 1).float().median())
-        for p, ranking in ((25, "votes"), (100, "lift")):
-            for gamma in (0.0, 0.1, 0.3):
-                s = ExplainSettings(p=p, ranking=ranking, top_words=100, calibrated=gamma if gamma else False)
-                r = planted_ranks(FilterExplainer(pstore, mapper, space, nouns, s), channels)
-                r = r[r.concept.isin(SIX)]
-                row = dict(seen=label, n_seen=len(seen), seed=seed, p=p, ranking=ranking, gamma=gamma,
-                           top5=int((r["rank"] <= 5).sum()))
-                for x in r.itertuples():
-                    row[x.concept] = x.rank
-                    row[f"w_{x.concept}"] = x.words
-                row.update({f"mask_{c}": v for c, v in ml.items()})
-                rows.append(row)
-                log(f"{label} s{seed} p{p} {ranking} g{gamma}: top5 {row['top5']} | " +
-                    ", ".join(f"{c} {row.get(c)}" for c in SIX) + " | mask medians " +
-                    ", ".join(f"{c} {ml[c]:.0f}" for c in SIX))
-        pd.DataFrame(rows).to_csv(OUT / "clipart_trial.csv", index=False)
-df = pd.DataFrame(rows)
-print(df[["seen", "seed", "p", "ranking", "gamma", "top5", *SIX]].to_string())
-summary = df.groupby(["seen", "n_seen"]).agg(top5_min=("top5", "min"), top5_max=("top5", "max"),
-                                             **{f"mask_{c}": (f"mask_{c}", "mean") for c in SIX})
-print("\nper seen set: planted words at rank <= 5 over the 12 settings (min, max); mask-level median rank, "
-      "mean of the two seeds")
-print(summary.sort_values("n_seen").to_string())
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-images", type=int, default=3000)
+    parser.add_argument("--output-dir", default="outputs/clipart_trial")
+    parser.add_argument("--sizes", default="100,150,200",
+                        help="also train on random subsets of this many of the 287 concepts (the count's effect alone)")
+    args = parser.parse_args()
+    n_images = args.n_images
+    out = Path(args.output_dir)
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    table = stamp_table()
+    photo = set(table[(table.kind == "photo") & (table.reason == "") & (table.concept != "")].concept)
+    clip = []
+    for i, row in table[table.kind == "clipart"].iterrows():
+        name = next((c for prefix, c in NAMES.items() if row.path.startswith(prefix)), None)
+        if name:
+            assert name not in photo and name not in SIX, name
+            table.loc[i, ["kind", "concept", "reason"]] = ["photo", name, ""]
+            clip.append(name)
+    clipart = sorted(set(clip))
+    log(f"{len(clip)} clip-art stamps named, {len(clipart)} new concepts: {clipart}")
+
+    spec = ReferenceSpec()
+    model = load_target(spec)
+    scenes = build_stamp_scenes(settings=SceneSettings(n_images=n_images, seed=0), stamp_table=table, show_progress=False)
+    dataset = CocoDataset(scenes / "annotations.json", scenes / "images", model.preprocess)
+    log(f"scenes {scenes}")
+    store = ActivationStore.build(model, pb.LAYER, dataset, show_progress=False)
+    log(f"store {store}")
+    counts = store.objects.groupby("concept")["image"].nunique()
+    log("six concepts' images: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in SIX))
+    probes = pb.cached_probes(store, SIX, cache)
+    planted = plant(model, pb.LAYER, probes)
+    pstore = ActivationStore.build(planted.model, planted.layer, dataset, show_progress=False)
+    channels = planted.channels
+    log("planted store")
+    space = load_word_space(spec.word_space, words=list(pstore.concepts))
+    nouns = Vocabulary.concrete_nouns(space)
+    known = set(space.embed(list(pstore.concepts), missing="skip").names)
+    others = [c for c in pstore.concepts if c not in SIX and c in known]
+    base_seen = [c for c in others if c not in set(clipart)]
+    log(f"seen: baseline {len(base_seen)}, with clip-art {len(others)}; clip-art in nouns: "
+        f"{sum(c in set(nouns.words) for c in clipart)}")
+
+    rows = []
+    rng = np.random.default_rng(0)
+    subsets = [(f"random {k}", sorted(rng.choice(others, size=k, replace=False).tolist()))
+               for k in (int(v) for v in args.sizes.split(",") if v)]
+    for label, seen in (("photo only", base_seen), ("photo + clip-art", others), *subsets):
+        for seed in (0, 1):
+            config = TrainingConfig(seen=tuple(seen), seed=seed)
+            trainer = ExplainerTrainer(pstore, space, config, weak_labels=None, missing="skip", show_progress=False)
+            path = cache / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{n_images}.pt"
+            mapper = pb.cached_mapper(path, pstore, space, trainer.fit)
+            log(f"head {label} seed {seed}")
+            # mask-level diagnostic: the held-out concepts' own masks
+            masks, pooled = trainer.masks, trainer.pooled()
+            probe_ex = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))
+            ml = {}
+            for c in SIX:
+                idx = np.flatnonzero(masks["concepts"].map(lambda t: c in t).to_numpy())
+                scores = probe_ex.word_scores(mapper.embed(pooled[idx]))
+                truth = scores[:, probe_ex.words.index(c)]
+                ml[c] = float(((scores > truth[:, None]).sum(1) + 1).float().median())
+            for p, ranking in ((25, "votes"), (100, "lift")):
+                for gamma in (0.0, 0.1, 0.3):
+                    s = ExplainSettings(p=p, ranking=ranking, top_words=100, calibrated=gamma if gamma else False)
+                    r = planted_ranks(FilterExplainer(pstore, mapper, space, nouns, s), channels)
+                    r = r[r.concept.isin(SIX)]
+                    row = dict(seen=label, n_seen=len(seen), seed=seed, p=p, ranking=ranking, gamma=gamma,
+                               top5=int((r["rank"] <= 5).sum()))
+                    for x in r.itertuples():
+                        row[x.concept] = x.rank
+                        row[f"w_{x.concept}"] = x.words
+                    row.update({f"mask_{c}": v for c, v in ml.items()})
+                    rows.append(row)
+                    log(f"{label} s{seed} p{p} {ranking} g{gamma}: top5 {row['top5']} | " +
+                        ", ".join(f"{c} {row.get(c)}" for c in SIX) + " | mask medians " +
+                        ", ".join(f"{c} {ml[c]:.0f}" for c in SIX))
+            pd.DataFrame(rows).to_csv(out / "clipart_trial.csv", index=False)
+    df = pd.DataFrame(rows)
+    print(df[["seen", "seed", "p", "ranking", "gamma", "top5", *SIX]].to_string())
+    summary = df.groupby(["seen", "n_seen"]).agg(top5_min=("top5", "min"), top5_max=("top5", "max"),
+                                                 **{f"mask_{c}": (f"mask_{c}", "mean") for c in SIX})
+    print("\nper seen set: planted words at rank <= 5 over the 12 settings (min, max); mask-level median rank, "
+          "mean of the two seeds")
+    print(summary.sort_values("n_seen").to_string())
+
+
+if __name__ == "__main__":
+    main()
