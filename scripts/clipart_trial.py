@@ -23,6 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import planted_benchmark as pb  # noqa: E402
+import zeroshot_trials as zt  # noqa: E402
 
 from lavise_nb import ActivationStore, ExplainerTrainer, FilterExplainer, ReferenceSpec, Vocabulary, load_word_space  # noqa: E402
 from lavise_nb.config import ExplainSettings, TrainingConfig  # noqa: E402
@@ -140,15 +141,8 @@ def main() -> None:
             path = cache / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{n_images}.pt"
             mapper = pb.cached_mapper(path, pstore, space, trainer.fit)
             log(f"head {label} seed {seed}")
-            # mask-level diagnostic: the held-out concepts' own masks
-            masks, pooled = trainer.masks, trainer.pooled()
-            probe_ex = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))
-            ml = {}
-            for c in SIX:
-                idx = np.flatnonzero(masks["concepts"].map(lambda t: c in t).to_numpy())
-                scores = probe_ex.word_scores(mapper.embed(pooled[idx]))
-                truth = scores[:, probe_ex.words.index(c)]
-                ml[c] = float(((scores > truth[:, None]).sum(1) + 1).float().median())
+            plain = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))
+            ml = {c: float(r.float().median()) for c, r in zt.mask_ranks(trainer, mapper, plain, SIX).items()}
             for p, ranking in ((25, "votes"), (100, "lift")):
                 for gamma in (0.0, 0.1, 0.3):
                     s = ExplainSettings(p=p, ranking=ranking, top_words=100, calibrated=gamma if gamma else False)

@@ -160,6 +160,18 @@ def vector_ranks(explainer: TrialExplainer, channels: pd.DataFrame) -> dict:
     return out
 
 
+def mask_ranks(trainer: ExplainerTrainer, mapper, explainer: FilterExplainer, concepts) -> dict:
+    """concept -> (n_masks,) rank of its word among the explainer's candidates for each of its own masks (1 = best),
+    the masks mask-pooled as in training (a head's generalisation, before any filter-level voting)."""
+    masks, pooled = trainer.masks, trainer.pooled()
+    out = {}
+    for c in concepts:
+        rows = np.flatnonzero(masks["concepts"].map(lambda t, c=c: c in t).to_numpy())
+        scores = explainer.word_scores(mapper.embed(pooled[rows]))
+        out[c] = (scores > scores[:, explainer.words.index(c), None]).sum(1) + 1
+    return out
+
+
 # ----------------------------------------------------------------------------- retrained heads
 
 
@@ -403,15 +415,8 @@ def main() -> None:
             which = idea.split(":", 1)[1] if ":" in idea else None
             m = mappers.get(which, mapper)
             explainer = explainer_for(m)
-            masks = trainer.masks
-            pooled = trainer.pooled()
-            for c in concepts:
-                rows_c = np.flatnonzero(masks["concepts"].map(lambda t: c in t).to_numpy())
-                vectors = m.embed(pooled[rows_c])
-                scores = explainer.word_scores(vectors)
-                truth = scores[:, explainer.words.index(c)]
-                ranks = (scores > truth[:, None]).sum(1) + 1
-                print(f"   mask level ({which or 'baseline'}) {c}: {len(rows_c)} masks, median rank "
+            for c, ranks in mask_ranks(trainer, m, explainer, concepts).items():
+                print(f"   mask level ({which or 'baseline'}) {c}: {len(ranks)} masks, median rank "
                       f"{float(ranks.float().median()):.0f}, best {int(ranks.min())}, share <= 5: "
                       f"{float((ranks <= 5).float().mean()):.2f}", flush=True)
             continue
