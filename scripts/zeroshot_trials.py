@@ -37,6 +37,12 @@ Ideas, each measured alone (`--ideas` picks a subset):
                     label vector (lambda chosen on the validation images' seen top-1), cosine ranking
     reverse_ridge   the mapping's direction: ridge from label vectors to standardised pooled features; words are
                     ranked by cosine in the visual space (less hubness, Shigeto et al. 2015)
+    unit_like[:mode[:seed]]
+                    training on the planted units' structure: a logistic probe per seen concept (as the planted
+                    ones, ProbeSettings' defaults; kept where its held-out cell AUC >= 0.95) is read as a unit, its
+                    top-p images pooled under its own soft map exactly as explain pools a filter's pairs, and each
+                    such row is taught its concept. mode "mix" (default) adds these rows to the masks, "only"
+                    trains on them alone; the held-out six get no probe, so nothing about them is taught
 
 For each idea: the rank of each planted word (planted_ranks: among the filter's vote-ranked words, NaN past
 --top-words), the rank of the word by the filter's mean explanation vector over all candidates (diagnostic,
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -64,11 +71,12 @@ from lavise_nb import (ActivationStore, ExplainerTrainer, FilterExplainer, Refer
                        Vocabulary, load_word_space)
 from lavise_nb.calibration import GammaCalibration  # noqa: E402
 from lavise_nb.config import CalibrationSettings, ExplainSettings, TrainingConfig  # noqa: E402
-from lavise_nb.detectors import plant, planted_ranks  # noqa: E402
+from lavise_nb.detectors import Probes, ProbeSettings, concept_cells, fit_probes, plant, planted_ranks  # noqa: E402
 from lavise_nb.words.wordnet import fetch_wordnet, parse_wordnet_nouns  # noqa: E402
 
 RANKING = ("baseline", "calibrated", "no_seen", "csls10", "csls50", "isoftmax", "center", "glove_part", "minilm_part", "conse")
-RETRAINED = ("hypernyms", "vocab_negatives", "ridge", "reverse_ridge", "fewer_seen", "mask_level", "seed")
+RETRAINED = ("hypernyms", "vocab_negatives", "ridge", "reverse_ridge", "fewer_seen", "mask_level", "seed",
+             "unit_like")
 GLOVE_DIM = 50
 
 
@@ -108,7 +116,9 @@ class TrialExplainer(FilterExplainer):
             a, b = reverse
             self.vectors = F.normalize(self.vectors @ a.T + b, dim=1)
 
-    def pair_features(self, pairs):
+    def pair_features(self, pairs, directions=None):
+        if directions is not None:  # the coherence null's random directions
+            return super().pair_features(pairs, directions)
         key = (self.settings.method, self.settings.attention, self.settings.p, len(pairs),
                int(pairs["filter"].sum()), int(pairs["image"].sum()))
         if key not in self._shared:
@@ -303,6 +313,62 @@ def fit_reverse_ridge(trainer: ExplainerTrainer, lams=(0.01, 0.1, 1.0, 10.0, 100
     return standardise, (a, b), f"lambda={lam:g}, val seen top-1 {acc:.3f}"
 
 
+def unit_probes(ref_store, seen, cache: Path, min_cells: int = 50, min_auc: float = 0.95):
+    """Logistic probes of the seen concepts with at least ``min_cells`` cells covered > 0.5 (fitted once, cached);
+    returns (weight (K, C), bias (K,), concepts, table) for those whose held-out cell AUC is >= ``min_auc``."""
+    covered = (concept_cells(ref_store, seen) > ProbeSettings().coverage).sum((0, 2, 3))
+    usable = [c for c, n in zip(seen, covered.tolist()) if n >= min_cells]
+    path = cache / f"unit_probes_{ref_store.path.name}_{len(usable)}_{hash_names(usable)}.pt"
+    if path.is_file():
+        probes = Probes.load(path)
+    else:
+        probes = fit_probes(ref_store, usable, ProbeSettings(n_noise=0, seed=0))
+        probes.save(path)
+    keep = np.flatnonzero(probes.table["auc"].to_numpy() >= min_auc)
+    table = probes.table.iloc[keep].reset_index(drop=True)
+    return probes.weight[keep], probes.bias[keep], list(table["concept"]), table
+
+
+def hash_names(names) -> str:
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:10]
+
+
+def unit_rows(store, weight: torch.Tensor, bias: torch.Tensor, concepts, p: int, block: int = 250):
+    """Each probe read as a unit of ``store`` (its first C channels the probes' layer): the (image, concepts) rows of
+    its top-p images by max response and their pooled features, (K * p, C_store), under the soft map
+    relu(w . F + b) (FilterExplainer's attention pooling of a filter's pairs)."""
+    n_real, cells = weight.shape[1], torch.from_numpy(store.valid_cells)
+    maxima = torch.full((store.shape[0], len(concepts)), -float("inf"))
+    for start in range(0, store.shape[0], block):
+        rows = np.arange(start, min(start + block, store.shape[0]))
+        own = torch.einsum("bchw,kc->bkhw", store.features(rows)[:, :n_real], weight) + bias[None, :, None, None]
+        own = own.clamp_min(0) * cells[rows][:, None]
+        maxima[rows] = own.flatten(2).amax(2)
+    maxima[~torch.from_numpy(store.valid)] = -float("inf")
+    top = maxima.topk(p, dim=0).indices.T  # (K, p)
+    images, labels, pooled = [], [], []
+    for k, concept in enumerate(concepts):
+        maps = store.features(top[k].numpy())
+        soft = (torch.einsum("bchw,c->bhw", maps[:, :n_real], weight[k]) + bias[k]).clamp_min(0)
+        soft = (soft * cells[top[k].numpy()]).flatten(1)
+        pooled.append(torch.einsum("bcs,bs->bc", maps.flatten(2), soft) / soft.sum(1).clamp_min(1e-6)[:, None])
+        images += top[k].tolist()
+        labels += [(concept,)] * p
+    return pd.DataFrame(dict(image=images, concepts=labels)), torch.cat(pooled)
+
+
+class UnitTrainer(ExplainerTrainer):
+    """ExplainerTrainer whose training rows are the masks plus unit-like rows (``only``: the unit rows alone)."""
+
+    def __init__(self, *args, units: pd.DataFrame, unit_pooled: torch.Tensor, only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        pooled = self.pooled()
+        extra = units.assign(mask=len(self.masks) + np.arange(len(units)), object=-1)[list(self.masks.columns)]
+        base = self.masks.assign(concepts=[()] * len(self.masks)) if only else self.masks
+        self.masks = pd.concat([base, extra], ignore_index=True)
+        self._pooled = torch.cat([pooled, unit_pooled.to(pooled.dtype)])
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -471,6 +537,25 @@ def main() -> None:
             mappers[idea] = m
             measure(idea, explainer_for(m), time.time() - started,
                     f"{len(trainer_n.weak_names)} random nouns as negatives (planted words drawn: {held or 'none'})")
+        elif idea.startswith("unit_like"):
+            parts = idea.split(":")
+            mode = parts[1] if len(parts) > 1 else "mix"
+            train_seed = int(parts[2]) if len(parts) > 2 else 0
+            if mode not in ("mix", "only"):
+                raise SystemExit(f"unit_like mode must be mix or only, not {mode!r}")
+            weight, bias, unit_concepts, unit_table = unit_probes(ref.store, others, cache)
+            units, unit_pooled = unit_rows(store, weight, bias, unit_concepts, args.p)
+            unit_trainer = UnitTrainer(store, space, dataclasses.replace(config, seed=train_seed), weak_labels=labels,
+                                       units=units, unit_pooled=unit_pooled, only=mode == "only",
+                                       show_progress=False)
+            m = pb.cached_mapper(cache / f"mapper_{tag}_units_{mode}_{len(unit_concepts)}_seed{train_seed}.pt", store,
+                                 space, unit_trainer.fit)
+            mappers[idea] = m
+            note = (f"{len(unit_concepts)} of {len(others)} seen concepts as units (probe AUC median "
+                    f"{unit_table['auc'].median():.3f}), {len(units)} unit rows, mode {mode}, seed {train_seed}, "
+                    f"best epoch {int(m.history['val_loss'].idxmin())}")
+            print(note, flush=True)
+            measure(idea, explainer_for(m), time.time() - started, note)
         clock(idea, started)
 
     table = pd.DataFrame(rows)
