@@ -33,7 +33,8 @@ from .config import check_int
 from .regions import filter_maps, masks_at
 
 __all__ = ["PresenceScore", "ProbeScenes", "PRESENCE_COLUMNS", "PROBE_COLUMNS", "presence_scores",
-           "sanity_checks", "coverage", "attach_faithfulness", "first_words", "against_random_directions"]
+           "sanity_checks", "coverage", "attach_faithfulness", "attach_dissection", "first_words",
+           "against_random_directions"]
 
 PRESENCE_COLUMNS = ["filter", "word", "testable", "n_images", "n_positive", "correlation", "auprc", "auprc_chance",
                     "auc", "auc_p", "pixel_auprc", "pixel_chance"]
@@ -396,3 +397,47 @@ def attach_faithfulness(explanations: pd.DataFrame, scores: pd.DataFrame, column
     merged = explanations.drop(columns=["faithfulness"], errors="ignore").merge(
         kept.rename(columns={column: "faithfulness"}), on=["filter", "word"], how="left")
     return merged
+
+
+def attach_dissection(explanations: pd.DataFrame, dissection: pd.DataFrame, scores: pd.DataFrame | None = None,
+                      column: str = "auc") -> pd.DataFrame:
+    """The explanation table with each filter's closed-vocabulary check beside its own words.
+
+    The check is Network Dissection's label: the annotated concept whose masks best overlap
+    the filter's regions over every reference image (:func:`~lavise_nb.evaluate.network_dissection`).
+    It can name only annotated concepts, but it rests on all the reference images rather
+    than the filter's top ``p``. So where it and the first word differ, the filter deserves a
+    second look.
+
+    Parameters
+    ----------
+    explanations : pandas.DataFrame
+        :meth:`FilterExplainer.explain` rows.
+    dissection : pandas.DataFrame
+        ``network_dissection(store, top_words=1)``: ``filter, rank, word, iou`` (rank 1 is used).
+    scores : pandas.DataFrame, optional
+        A :class:`ProbeScenes` or :class:`PresenceScore` table holding the dissection words' pairs.
+    column : str
+        The score of ``scores`` shown.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``explanations`` with per-filter columns ``dissection_word``, ``dissection_iou``,
+        ``dissection_faithfulness`` (NaN where untested) and ``agrees`` (the filter's first
+        word is the dissection word).
+    """
+    best = dissection[dissection["rank"] == 1].drop_duplicates("filter").set_index("filter")
+    added = ["dissection_word", "dissection_iou", "dissection_faithfulness", "agrees"]
+    table = explanations.drop(columns=added, errors="ignore").copy()
+    table["dissection_word"] = best["word"].reindex(table["filter"]).to_numpy()
+    table["dissection_iou"] = best["iou"].reindex(table["filter"]).to_numpy(dtype=float)
+    truth = pd.Series(np.nan, index=best.index)
+    if scores is not None:
+        kept = scores[scores["testable"].astype(bool)].drop_duplicates(["filter", "word"])
+        truth = kept.set_index(["filter", "word"])[column].reindex(list(zip(best.index, best["word"])))
+        truth.index = best.index
+    table["dissection_faithfulness"] = truth.reindex(table["filter"]).to_numpy(dtype=float)
+    first = table[table["rank"] == 1].drop_duplicates("filter").set_index("filter")["word"]
+    table["agrees"] = (first.reindex(table["filter"]).to_numpy() == table["dissection_word"].to_numpy())
+    return table

@@ -150,6 +150,17 @@ def _agreement_note(rows: pd.DataFrame) -> str:
     return f"coherent: {coherence:.2f}, above all but {share:.0%} of random directions of the layer"
 
 
+def _dissection_note(rows: pd.DataFrame) -> str:
+    """The card's line on the closed-vocabulary check (empty when the table has none)."""
+    if not len(rows) or "dissection_word" not in rows or rows["dissection_word"].isna().all():
+        return ""
+    row = rows.iloc[0]
+    truth = row.get("dissection_faithfulness", np.nan)
+    note = (f"best annotated concept over all reference images (Network Dissection): {row['dissection_word']}, "
+            f"IoU {row['dissection_iou']:.2f}" + (f", faithfulness {truth:.2f}" if truth == truth else ""))
+    return note + ("; the first word agrees" if bool(row.get("agrees", False)) else "; not the first word")
+
+
 def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.DataFrame | None, filter: int,
                 n_images: int = 6, n_words: int = 3, top_words: int = 10, cmap: str = "inferno", fig=None):
     """One filter at a glance: its top images with their regions and words, and its ranked words.
@@ -192,7 +203,9 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     (:func:`~lavise_nb.faithfulness.attach_faithfulness`), its faithfulness score. Word colours: see :data:`KIND_STYLE` (unseen concepts red, as in the
     paper; zero-shot words green italic). Under the title: the filter's ``coherence`` and
     ``null_share`` (:meth:`~lavise_nb.explain.FilterExplainer.coherence`), in orange when random
-    directions of the layer have top images that agree as well.
+    directions of the layer have top images that agree as well. At the right, where the table has it
+    (:func:`~lavise_nb.faithfulness.attach_dissection`), the filter's Network Dissection label, in
+    orange when it is not the first word.
     """
     from matplotlib.patches import Patch
 
@@ -258,6 +271,10 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     if agreement:
         fig.text(0.01, 0.91, agreement, fontsize=8, va="top",
                  color="#b35900" if agreement.startswith("no more") else "#2e7d32")
+    dissection = _dissection_note(rows)
+    if dissection:
+        fig.text(0.99, 0.91, dissection, fontsize=8, va="top", ha="right",
+                 color="#2e7d32" if dissection.endswith("agrees") else "#b35900")
     return fig
 
 

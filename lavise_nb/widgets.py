@@ -223,7 +223,8 @@ class FilterBrowser:
                 _display(_png(self.figure))
 
     def _words_table(self) -> pd.DataFrame:
-        columns = "rank word kind votes support lift faithfulness score n_images coherence null_share note".split()
+        columns = ("rank word kind votes support lift faithfulness score n_images coherence null_share dissection_word "
+                   "dissection_iou dissection_faithfulness agrees note").split()
         return self.result[[c for c in columns if c in self.result]]
 
     def select(self, filter: int) -> pd.DataFrame:

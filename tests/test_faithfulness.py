@@ -8,7 +8,8 @@ from lavise_nb.coherence import RandomDirections
 from lavise_nb.config import ExplainSettings
 from lavise_nb.explain import FilterExplainer
 from lavise_nb.faithfulness import (PRESENCE_COLUMNS, PresenceScore, ProbeScenes, against_random_directions,
-                                    attach_faithfulness, coverage, first_words, presence_scores, sanity_checks)
+                                    attach_dissection, attach_faithfulness, coverage, first_words, presence_scores,
+                                    sanity_checks)
 from tests.conftest import COLOUR_FILTERS
 
 
@@ -112,6 +113,25 @@ def test_faithfulness_column_joins_where_testable():
     joined = attach_faithfulness(explanations, scores)
     assert joined["faithfulness"].iloc[0] == 0.9 and joined["faithfulness"].iloc[1:].isna().all()
     assert first_words(explanations).to_dict("list") == {"filter": [0, 1], "word": ["red", "sky"], "rank": [1, 1]}
+
+
+def test_dissection_check_sits_beside_the_words_of_the_planted_filters(tiny_store):
+    from lavise_nb.evaluate import network_dissection
+
+    checks = network_dissection(tiny_store, top_words=1)
+    red, blue = COLOUR_FILTERS["red"], COLOUR_FILTERS["blue"]
+    explanations = pd.DataFrame({"filter": [red, red, blue, blue], "rank": [1, 2, 1, 2],
+                                 "word": ["red", "dog", "sky", "blue"]})
+    scores = pd.DataFrame({"filter": [red, blue], "word": ["red", "blue"], "testable": [True, False],
+                           "auc": [0.97, np.nan]})
+    table = attach_dissection(explanations, checks, scores)
+    assert list(table["dissection_word"]) == ["red", "red", "blue", "blue"]
+    iou = checks[checks["rank"] == 1].set_index("filter")["iou"]
+    assert np.allclose(table["dissection_iou"], iou[[red, red, blue, blue]].to_numpy()) and (iou[[red, blue]] > 0).all()
+    assert list(table["agrees"]) == [True, True, False, False]  # blue's first word is "sky", not its label
+    assert table["dissection_faithfulness"].iloc[0] == 0.97 and table["dissection_faithfulness"].iloc[2:].isna().all()
+    again = attach_dissection(table, checks)  # attaching twice replaces the columns
+    assert list(again.columns) == list(table.columns) and again["dissection_faithfulness"].isna().all()
 
 
 def test_invert_labels_find_the_planted_colours_with_the_auc_presence_scores_give(tiny_store):

@@ -19,7 +19,8 @@ DOCUMENTED = {
                                           "ranking", "weak_labels", "class_prior"],
     "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "ranking", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
-                                          "class_prior", "faithfulness", "probe_images", "random_directions"],
+                                          "class_prior", "faithfulness", "probe_images", "random_directions",
+                                          "dissection"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -86,7 +87,8 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     explain = out / "explain"
     table = pd.read_csv(explain / "explanations.csv")
     assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "lift", "score", "kind",
-                                   "n_images", "coherence", "null_share", "method", "note", "faithfulness"]
+                                   "n_images", "coherence", "null_share", "method", "note", "faithfulness",
+                                   "dissection_word", "dissection_iou", "dissection_faithfulness", "agrees"]
     per_filter = table.groupby("filter")[["coherence", "null_share"]].nunique(dropna=False)
     assert (per_filter <= 1).all().all()  # one value per filter
     assert table["coherence"].dropna().between(0, 1).all() and table["null_share"].dropna().between(0, 1).all()
@@ -96,6 +98,12 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     assert len(scores) == named["filter"].nunique() and len(tested) > 0 and tested["auc"].between(0, 1).all()
     firsts = table[(table["rank"] == 1)].set_index("filter")
     assert firsts.loc[tested["filter"], "faithfulness"].to_numpy() == pytest.approx(tested["auc"].to_numpy())
+    checks = table.groupby("filter")[["dissection_word", "dissection_iou", "agrees"]].nunique(dropna=False)
+    assert (checks == 1).all().all()  # the closed-vocabulary check: one label per filter, an annotated concept
+    concepts = set(pd.read_csv(out / "train" / "concepts.csv")["concept"])
+    assert set(firsts["dissection_word"]) <= concepts and firsts["dissection_iou"].between(0, 1).all()
+    assert (firsts["agrees"] == (firsts["word"] == firsts["dissection_word"])).all()
+    assert firsts["dissection_faithfulness"].dropna().between(0, 1).all() and firsts["dissection_faithfulness"].notna().any()
     baseline = pd.read_csv(explain / "random_directions.csv")
     units = baseline.groupby("unit")["filter"].agg(["nunique", "max"])
     assert units.loc["filter", "nunique"] == named["filter"].nunique() and units.loc["random direction", "max"] < 8

@@ -67,6 +67,25 @@ def test_filter_card_states_the_filters_coherence_against_its_null(tiny_store, s
                for t in fig.texts)
 
 
+def test_filter_card_shows_the_dissection_check_and_whether_it_agrees(tiny_store, shapes, tables):
+    from lavise_nb.evaluate import network_dissection
+    from lavise_nb.faithfulness import attach_dissection
+
+    explanations, image_words = tables
+    f = COLOUR_FILTERS["red"]
+    checks = network_dissection(tiny_store, top_words=1)
+    row = checks[(checks["filter"] == f) & (checks["rank"] == 1)].iloc[0]
+    for first, ending in ((row["word"], "the first word agrees"), ("dog", "not the first word")):
+        table = explanations.copy()
+        table.loc[(table["filter"] == f) & (table["rank"] == 1), "word"] = first
+        table = attach_dissection(table, checks)
+        fig = filter_card(tiny_store, shapes, table, image_words, f, n_images=2, fig=Figure())
+        line = [t.get_text() for t in fig.texts if "Network Dissection" in t.get_text()]
+        assert len(line) == 1 and f": {row['word']}, IoU {row['iou']:.2f}" in line[0] and line[0].endswith(ending)
+    fig = filter_card(tiny_store, shapes, explanations, image_words, f, n_images=2, fig=Figure())
+    assert not any("Network Dissection" in t.get_text() for t in fig.texts)
+
+
 def test_unseen_and_zero_shot_words_are_marked(tiny_store, shapes, tables):
     explanations, image_words = tables
     fig = filter_card(tiny_store, shapes, explanations, image_words, 5, n_images=3, top_words=20, fig=Figure())
