@@ -9,6 +9,9 @@ import pandas as pd
 
 from ._utils.progress import progress
 
+WORD_COLUMNS = ("rank word kind votes support lift faithfulness score n_images coherence null_share dissection_word "
+                "dissection_iou dissection_faithfulness agrees note").split()  # the browser's word table
+
 
 def _png(fig, dpi: int = 90):
     """A figure as an IPython PNG image (renders in live widgets and in static reports alike)."""
@@ -198,9 +201,7 @@ class FilterBrowser:
                                    continuous_update=False, layout=W.Layout(width="60%"))
         self._query = W.Text(placeholder="a word, e.g. wheel", description="find word",
                              continuous_update=False)
-        self._hits = W.HTML()
-        self._words = W.Output()
-        self._card = W.Output()
+        self._hits, self._words, self._card = W.HTML(), W.Output(), W.Output()
         self._slider.observe(lambda change: self._show(change["new"]), names="value")
         self._query.observe(lambda change: self.search(change["new"]) if change["new"] else None, names="value")
         self.widget = W.VBox([W.HBox([self._slider, self._query]), self._hits, self._words, self._card])
@@ -223,9 +224,7 @@ class FilterBrowser:
                 _display(_png(self.figure))
 
     def _words_table(self) -> pd.DataFrame:
-        columns = ("rank word kind votes support lift faithfulness score n_images coherence null_share dissection_word "
-                   "dissection_iou dissection_faithfulness agrees note").split()
-        return self.result[[c for c in columns if c in self.result]]
+        return self.result[[c for c in WORD_COLUMNS if c in self.result]]
 
     def select(self, filter: int) -> pd.DataFrame:
         """Show ``filter``; returns its explanation rows (also in :attr:`result`)."""
