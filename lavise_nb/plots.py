@@ -203,7 +203,7 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     (:func:`~lavise_nb.faithfulness.attach_faithfulness`), its faithfulness score. Word colours: see :data:`KIND_STYLE` (unseen concepts red, as in the
     paper; zero-shot words green italic). Under the title: the filter's ``coherence`` and
     ``null_share`` (:meth:`~lavise_nb.explain.FilterExplainer.coherence`), in orange when random
-    directions of the layer have top images that agree as well. At the right, where the table has it
+    directions of the layer have top images that agree as well. Below it, where the table has it
     (:func:`~lavise_nb.faithfulness.attach_dissection`), the filter's Network Dissection label, in
     orange when it is not the first word.
     """
@@ -214,10 +214,10 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     rows = _one_filter(explanations, filter, layer)
     words = _one_filter(image_words, filter, layer)
     images = store.top_indices(n_images, [filter])[0]
-    n = len(images)
+    n, dissection = len(images), _dissection_note(rows)
     fig = _new_figure(fig, figsize=(max(8.0, 1.9 * n), 3.2 + 0.28 * top_words + 0.2 * n_words))
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 0.14 * top_words + 0.25], hspace=0.12 + 0.08 * n_words,
-                            left=0.2 if n <= 3 else 0.12, right=0.97, top=0.86, bottom=0.07)
+                            left=0.2 if n <= 3 else 0.12, right=0.97, top=0.825 if dissection else 0.86, bottom=0.07)
     for rank, image in enumerate(images, 1):
         _image_panel(fig.add_subplot(grid[0, rank - 1]), store, dataset, int(image), filter, words, n_words,
                      rank, cmap)
@@ -271,9 +271,8 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     if agreement:
         fig.text(0.01, 0.91, agreement, fontsize=8, va="top",
                  color="#b35900" if agreement.startswith("no more") else "#2e7d32")
-    dissection = _dissection_note(rows)
     if dissection:
-        fig.text(0.99, 0.91, dissection, fontsize=8, va="top", ha="right",
+        fig.text(0.01, 0.88, dissection, fontsize=8, va="top",
                  color="#2e7d32" if dissection.endswith("agrees") else "#b35900")
     return fig
 
