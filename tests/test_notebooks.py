@@ -20,7 +20,7 @@ DOCUMENTED = {
     "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "ranking", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
                                           "class_prior", "faithfulness", "probe_images", "random_directions",
-                                          "dissection"],
+                                          "dissection", "score_dissection"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -48,7 +48,7 @@ def test_parameters_are_documented_literals(name):
 def ran(trained_notebook):
     out, first = trained_notebook  # 01 with output_dir=out, max_epochs=2, p=5, **SMALL (tests/conftest.py)
     second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
-                  query="car", probe_images=6, random_directions=8, **SMALL)
+                  query="car", probe_images=6, random_directions=8, score_dissection=True, **SMALL)
     return out, first, second
 
 
