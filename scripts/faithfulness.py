@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import mannwhitneyu
 
 from lavise_nb import (ClassPrior, ExplainerTrainer, ExplainSettings, FilterExplainer, GammaCalibration, Reference,
                        ReferenceSpec, TrainingConfig, network_dissection)
@@ -146,6 +147,26 @@ def by_split(pairs: pd.DataFrame, a: str, b: str, seen: set, score: str = "probe
     return lines
 
 
+def agreement(pairs: pd.DataFrame, a: str, b: str = "netdissect") -> list[str]:
+    """Is ``a``'s first word worth more where it is ``b``'s label? (The check notebook 02 shows as ``agrees``.)"""
+    one = pairs[pairs["method"] == a].set_index("filter")
+    two = pairs[pairs["method"] == b].set_index("filter").reindex(one.index)
+    same, tested = one["word"] == two["word"], one["probe_testable"].astype(bool)
+    agreeing, differ, untested = one.loc[same & tested, "probe_auc"], ~same & tested, ~same & ~tested
+    lines = [f"- {a} = {b}'s label for {same.sum()} of {len(one)} filters: probe AUC median "
+             f"{agreeing.median():.3f} ({(agreeing >= 0.85).mean():.0%} >= 0.85)"]
+    if differ.any():
+        x, y = one.loc[differ, "probe_auc"], two.loc[differ, "probe_auc"]
+        p = mannwhitneyu(agreeing.dropna(), x.dropna()).pvalue if len(agreeing.dropna()) else np.nan
+        lines.append(f"- where they differ and the word can be tested ({differ.sum()} filters): the word "
+                     f"{x.median():.3f} (Mann-Whitney p = {p:.1g} against the agreeing ones), the label "
+                     f"{y.median():.3f}; the label better on {(y > x).sum()}, worse on {(y < x).sum()}")
+    if untested.any():
+        lines.append(f"- where the word cannot be tested ({untested.sum()} filters): the label "
+                     f"{two.loc[untested, 'probe_auc'].median():.3f}")
+    return lines
+
+
 def main() -> None:
     args = parse()
     out = Path(args.output_dir)
@@ -208,6 +229,7 @@ def main() -> None:
              summary.round(3).to_markdown(index=False), "",
              head_to_head(pairs, DEFAULT, "netdissect"),
              *by_split(pairs, DEFAULT, "netdissect", seen),
+             *agreement(pairs, DEFAULT),
              head_to_head(pairs, DEFAULT, CROPS),
              head_to_head(pairs, DEFAULT, LIFT), head_to_head(pairs, DEFAULT, LIFT, "held_out_auc"),
              head_to_head(pairs, LIFT, "netdissect"), *by_split(pairs, LIFT, "netdissect", seen),
