@@ -331,8 +331,8 @@ class MethodComparison:
         self.vocabulary, self.prior, self.model, self.dataset = vocabulary, prior, model, dataset
         self.show_progress = show_progress
 
-    def compare(self, methods=DEFAULT_METHODS, baselines=BASELINES, ks=(5, 10, 20),
-                iou_threshold: float = 0.04) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def compare(self, methods=DEFAULT_METHODS, baselines=BASELINES, ks=(5, 10, 20), iou_threshold: float = 0.04,
+                dissection: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Score every method and baseline.
 
         Parameters
@@ -344,6 +344,9 @@ class MethodComparison:
             Recall@k; every method lists ``max(ks)`` words per filter.
         iou_threshold : float
             IoU a concept's mask needs with a filter's region to be ground truth.
+        dissection : pandas.DataFrame, optional
+            :func:`network_dissection` of this store with at least ``max(ks)`` words per filter,
+            already computed (for example for :func:`~lavise_nb.faithfulness.attach_dissection`).
 
         Returns
         -------
@@ -357,6 +360,9 @@ class MethodComparison:
             raise ValueError("methods is empty: give at least one (method, attention) pair")
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {BASELINES}")
+        if dissection is not None and dissection["rank"].max() < max(ks):
+            raise ValueError(f"dissection has {dissection['rank'].max()} words per filter, recall@{max(ks)} needs "
+                             f"{max(ks)}: make it with network_dissection(store, top_words={max(ks)})")
         store, model_name = self.store, self.store.manifest["model_name"]
         evaluator = RecallEvaluator(store, self.mapper.seen, self.mapper.unseen, stuff=store.stuff,
                                     iou_threshold=iou_threshold, ks=ks, show_progress=self.show_progress)
@@ -382,6 +388,7 @@ class MethodComparison:
             tables.append(evaluator.evaluate(frequency_baseline(store, pairs, max(ks)), None, pairs, "frequency",
                                              model_name))
         if "netdissect" in baselines:
-            labels = network_dissection(store, top_words=max(ks), show_progress=self.show_progress)
+            labels = dissection if dissection is not None else network_dissection(
+                store, top_words=max(ks), show_progress=self.show_progress)
             tables.append(evaluator.evaluate(labels, None, pairs, "netdissect", model_name))
         return pd.concat(tables, ignore_index=True), pd.concat(explained, ignore_index=True)

@@ -414,7 +414,7 @@ def attach_dissection(explanations: pd.DataFrame, dissection: pd.DataFrame, scor
     explanations : pandas.DataFrame
         :meth:`FilterExplainer.explain` rows.
     dissection : pandas.DataFrame
-        ``network_dissection(store, top_words=1)``: ``filter, rank, word, iou`` (rank 1 is used).
+        :func:`~lavise_nb.evaluate.network_dissection`'s ``filter, rank, word, iou`` (its rank-1 word is used).
     scores : pandas.DataFrame, optional
         A :class:`ProbeScenes` or :class:`PresenceScore` table holding the dissection words' pairs.
     column : str
@@ -432,12 +432,11 @@ def attach_dissection(explanations: pd.DataFrame, dissection: pd.DataFrame, scor
     table = explanations.drop(columns=added, errors="ignore").copy()
     table["dissection_word"] = best["word"].reindex(table["filter"]).to_numpy()
     table["dissection_iou"] = best["iou"].reindex(table["filter"]).to_numpy(dtype=float)
-    truth = pd.Series(np.nan, index=best.index)
+    table["dissection_faithfulness"] = np.nan
     if scores is not None:
         kept = scores[scores["testable"].astype(bool)].drop_duplicates(["filter", "word"])
-        truth = kept.set_index(["filter", "word"])[column].reindex(list(zip(best.index, best["word"])))
-        truth.index = best.index
-    table["dissection_faithfulness"] = truth.reindex(table["filter"]).to_numpy(dtype=float)
+        rows = pd.MultiIndex.from_arrays([table["filter"], table["dissection_word"]])
+        table["dissection_faithfulness"] = kept.set_index(["filter", "word"])[column].reindex(rows).to_numpy(float)
     first = table[table["rank"] == 1].drop_duplicates("filter").set_index("filter")["word"]
     table["agrees"] = (first.reindex(table["filter"]).to_numpy() == table["dissection_word"].to_numpy())
     return table

@@ -71,7 +71,9 @@ from lavise_nb import (ActivationStore, ExplainerTrainer, FilterExplainer, Refer
                        Vocabulary, load_word_space)
 from lavise_nb.calibration import GammaCalibration  # noqa: E402
 from lavise_nb.config import CalibrationSettings, ExplainSettings, TrainingConfig  # noqa: E402
-from lavise_nb.detectors import Probes, ProbeSettings, concept_cells, fit_probes, plant, planted_ranks  # noqa: E402
+from lavise_nb.detectors import (PlantedHead, Probes, ProbeSettings, concept_cells, fit_probes, plant,  # noqa: E402
+                                 planted_ranks)
+from lavise_nb.pooling import pool_features  # noqa: E402
 from lavise_nb.words.wordnet import fetch_wordnet, parse_wordnet_nouns  # noqa: E402
 
 RANKING = ("baseline", "calibrated", "no_seen", "csls10", "csls50", "isoftmax", "center", "glove_part", "minilm_part", "conse")
@@ -315,10 +317,11 @@ def fit_reverse_ridge(trainer: ExplainerTrainer, lams=(0.01, 0.1, 1.0, 10.0, 100
 
 def unit_probes(ref_store, seen, cache: Path, min_cells: int = 50, min_auc: float = 0.95):
     """Logistic probes of the seen concepts with at least ``min_cells`` cells covered > 0.5 (fitted once, cached);
-    returns (weight (K, C), bias (K,), concepts, table) for those whose held-out cell AUC is >= ``min_auc``."""
+    returns (PlantedHead, concepts, table) for those whose held-out cell AUC is >= ``min_auc``."""
     covered = (concept_cells(ref_store, seen) > ProbeSettings().coverage).sum((0, 2, 3))
     usable = [c for c, n in zip(seen, covered.tolist()) if n >= min_cells]
-    path = cache / f"unit_probes_{ref_store.path.name}_{len(usable)}_{hash_names(usable)}.pt"
+    digest = hashlib.sha1("\n".join(usable).encode()).hexdigest()[:10]
+    path = cache / f"unit_probes_{ref_store.path.name}_{len(usable)}_{digest}.pt"
     if path.is_file():
         probes = Probes.load(path)
     else:
@@ -326,35 +329,28 @@ def unit_probes(ref_store, seen, cache: Path, min_cells: int = 50, min_auc: floa
         probes.save(path)
     keep = np.flatnonzero(probes.table["auc"].to_numpy() >= min_auc)
     table = probes.table.iloc[keep].reset_index(drop=True)
-    return probes.weight[keep], probes.bias[keep], list(table["concept"]), table
+    return PlantedHead(probes.weight[keep], probes.bias[keep]), list(table["concept"]), table
 
 
-def hash_names(names) -> str:
-    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:10]
+def unit_rows(store, head: PlantedHead, concepts, p: int, block: int = 250):
+    """Each probe of ``head`` read as a unit of ``store`` (its first C channels the probes' layer): the (image,
+    concepts) rows of its top-p images by max response and their pooled features, (K * p, C_store), under the
+    unit's own map (the "mass" pooling of FilterExplainer's soft-mask attention)."""
+    n_real, cells = head.weight.shape[1], torch.from_numpy(store.valid_cells)
 
+    def maps(rows):  # store features (B, C_store, h, w), unit maps (B, K, h, w)
+        features = store.features(rows)
+        return features, head(features[:, :n_real])[:, n_real:] * cells[rows][:, None]
 
-def unit_rows(store, weight: torch.Tensor, bias: torch.Tensor, concepts, p: int, block: int = 250):
-    """Each probe read as a unit of ``store`` (its first C channels the probes' layer): the (image, concepts) rows of
-    its top-p images by max response and their pooled features, (K * p, C_store), under the soft map
-    relu(w . F + b) (FilterExplainer's attention pooling of a filter's pairs)."""
-    n_real, cells = weight.shape[1], torch.from_numpy(store.valid_cells)
     maxima = torch.full((store.shape[0], len(concepts)), -float("inf"))
     for start in range(0, store.shape[0], block):
         rows = np.arange(start, min(start + block, store.shape[0]))
-        own = torch.einsum("bchw,kc->bkhw", store.features(rows)[:, :n_real], weight) + bias[None, :, None, None]
-        own = own.clamp_min(0) * cells[rows][:, None]
-        maxima[rows] = own.flatten(2).amax(2)
-    maxima[~torch.from_numpy(store.valid)] = -float("inf")
-    top = maxima.topk(p, dim=0).indices.T  # (K, p)
-    images, labels, pooled = [], [], []
-    for k, concept in enumerate(concepts):
-        maps = store.features(top[k].numpy())
-        soft = (torch.einsum("bchw,c->bhw", maps[:, :n_real], weight[k]) + bias[k]).clamp_min(0)
-        soft = (soft * cells[top[k].numpy()]).flatten(1)
-        pooled.append(torch.einsum("bcs,bs->bc", maps.flatten(2), soft) / soft.sum(1).clamp_min(1e-6)[:, None])
-        images += top[k].tolist()
-        labels += [(concept,)] * p
-    return pd.DataFrame(dict(image=images, concepts=labels)), torch.cat(pooled)
+        maxima[rows] = maps(rows)[1].flatten(2).amax(2)
+    maxima[~torch.from_numpy(np.array(store.valid))] = -float("inf")
+    top = maxima.topk(p, dim=0).indices.T.numpy()  # (K, p)
+    pooled = [pool_features(features, own[:, k], "mass") for k, (features, own) in enumerate(map(maps, top))]
+    units = pd.DataFrame(dict(image=top.ravel(), concepts=[(c,) for c in concepts for _ in range(p)]))
+    return units, torch.cat(pooled)
 
 
 class UnitTrainer(ExplainerTrainer):
@@ -543,8 +539,8 @@ def main() -> None:
             train_seed = int(parts[2]) if len(parts) > 2 else 0
             if mode not in ("mix", "only"):
                 raise SystemExit(f"unit_like mode must be mix or only, not {mode!r}")
-            weight, bias, unit_concepts, unit_table = unit_probes(ref.store, others, cache)
-            units, unit_pooled = unit_rows(store, weight, bias, unit_concepts, args.p)
+            head, unit_concepts, unit_table = unit_probes(ref.store, others, cache)
+            units, unit_pooled = unit_rows(store, head, unit_concepts, args.p)
             unit_trainer = UnitTrainer(store, space, dataclasses.replace(config, seed=train_seed), weak_labels=labels,
                                        units=units, unit_pooled=unit_pooled, only=mode == "only",
                                        show_progress=False)

@@ -124,3 +124,17 @@ def test_method_comparison_warns_once_for_methods_the_gamma_was_not_tuned_for(ti
         comparison.compare([("attention", "soft_mask")], baselines=(), ks=(5,))
     with pytest.raises(ValueError, match="unknown baselines"):
         comparison.compare(baselines=("oracle",))
+
+
+def test_method_comparison_reuses_a_given_dissection(tiny_store, mapper, space):
+    from lavise_nb.evaluate import MethodComparison, network_dissection
+
+    comparison = MethodComparison(tiny_store, mapper, space, ExplainSettings(p=6, calibrated=False))
+    methods, ks = [("attention", "soft_mask")], (5,)
+    fresh, _ = comparison.compare(methods, baselines=("netdissect",), ks=ks)
+    given, _ = comparison.compare(methods, baselines=("netdissect",), ks=ks,
+                                  dissection=network_dissection(tiny_store, top_words=5))
+    pd.testing.assert_frame_equal(fresh, given)
+    assert fresh.loc[fresh["method"] == "netdissect", "recall"].notna().any()
+    with pytest.raises(ValueError, match="top_words=5"):
+        comparison.compare(methods, baselines=("netdissect",), ks=ks, dissection=network_dissection(tiny_store, top_words=1))
