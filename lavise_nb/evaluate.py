@@ -345,8 +345,8 @@ class MethodComparison:
         iou_threshold : float
             IoU a concept's mask needs with a filter's region to be ground truth.
         dissection : pandas.DataFrame, optional
-            :func:`network_dissection` of this store with at least ``max(ks)`` words per filter,
-            already computed (for example for :func:`~lavise_nb.faithfulness.attach_dissection`).
+            :func:`network_dissection` of this store with at least ``max(ks)`` words per filter (or all
+            its concepts), already computed (for example for :func:`~lavise_nb.faithfulness.attach_dissection`).
 
         Returns
         -------
@@ -360,7 +360,7 @@ class MethodComparison:
             raise ValueError("methods is empty: give at least one (method, attention) pair")
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {BASELINES}")
-        if dissection is not None and dissection["rank"].max() < max(ks):
+        if dissection is not None and dissection["rank"].max() < min(max(ks), len(self.store.concepts)):
             raise ValueError(f"dissection has {dissection['rank'].max()} words per filter, recall@{max(ks)} needs "
                              f"{max(ks)}: make it with network_dissection(store, top_words={max(ks)})")
         store, model_name = self.store, self.store.manifest["model_name"]
