@@ -81,9 +81,10 @@ def pooled_features(store, block: int = 256, images=None, filters=None) -> np.nd
 def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[dict, dict, dict]:
     """Per filter: its best-supported word, its first ``n_words`` words joined, and that word's score.
 
-    The best-supported word is the one with the highest ``faithfulness`` where the table
-    has that column (:func:`~lavise_nb.faithfulness.attach_faithfulness`), else the
-    first-ranked word; its score is that faithfulness, else its ``support`` (NaN
+    The best-supported word is the filter's ``verified_word`` where the table has one
+    (:class:`~lavise_nb.faithfulness.WordVerification`, scored by ``verified_faithfulness``),
+    else the one with the highest ``faithfulness`` (:func:`~lavise_nb.faithfulness.attach_faithfulness`),
+    else the first-ranked word; its score is that faithfulness, else its ``support`` (NaN
     without either).
     """
     if explanations is None or len(explanations) == 0:
@@ -97,7 +98,10 @@ def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[d
     for f, part in table.groupby("filter"):
         words = part["word"].astype(str).tolist()
         best = part.iloc[0]
-        if "faithfulness" in part and part["faithfulness"].notna().any():
+        if "verified_word" in part and part["verified_word"].notna().any():
+            best = pd.Series({"word": part["verified_word"].dropna().iloc[0]})
+            score[int(f)] = float(part["verified_faithfulness"].iloc[0])
+        elif "faithfulness" in part and part["faithfulness"].notna().any():
             best = part.loc[part["faithfulness"].idxmax()]
             score[int(f)] = float(best["faithfulness"])
         else:

@@ -12,6 +12,8 @@ the filter's activation follows the named concept:
   an image generator): fresh scenes composed to contain the concept and control
   scenes that do not; the AUC of the filter's activations and their mean
   difference in units of the controls' standard deviation (MAD).
+- :class:`WordVerification`: each filter's best-supported word among its candidates,
+  chosen on probe scenes of one seed and scored on probe scenes of another.
 - :func:`sanity_checks`: NeuronEval's two checks on any score: dropping half the
   positive labels, and adding random positives, must both lower it.
 
@@ -34,11 +36,12 @@ from .regions import filter_maps, masks_at
 
 __all__ = ["PresenceScore", "ProbeScenes", "PRESENCE_COLUMNS", "PROBE_COLUMNS", "presence_scores",
            "sanity_checks", "coverage", "attach_faithfulness", "attach_dissection", "first_words",
-           "against_random_directions"]
+           "against_random_directions", "WordVerification", "VERIFIED_COLUMNS"]
 
 PRESENCE_COLUMNS = ["filter", "word", "testable", "n_images", "n_positive", "correlation", "auprc", "auprc_chance",
                     "auc", "auc_p", "pixel_auprc", "pixel_chance"]
 PROBE_COLUMNS = ["filter", "word", "testable", "n_probe", "n_control", "auc", "mad"]
+VERIFIED_COLUMNS = ["verified_word", "verified_from", "verified_selection", "verified_faithfulness"]
 
 
 def presence_scores(activation: np.ndarray, presence: np.ndarray) -> dict:
@@ -440,3 +443,82 @@ def attach_dissection(explanations: pd.DataFrame, dissection: pd.DataFrame, scor
     first = table[table["rank"] == 1].drop_duplicates("filter").set_index("filter")["word"]
     table["agrees"] = (first.reindex(table["filter"]).to_numpy() == table["dissection_word"].to_numpy())
     return table
+
+
+class WordVerification:
+    """Each filter's best-supported word: the candidate that probe scenes support best.
+
+    The candidates are a filter's first ``top`` words and, given a dissection, its Network
+    Dissection label. Each testable candidate is scored on ``selection`` probe scenes and the
+    best is kept; the score shown is that word's AUC on ``evaluation`` probe scenes of another
+    seed, because the best of several noisy AUCs, read off the scenes that chose it, is
+    biased upward. Words the scene generator cannot compose (zero-shot words among them)
+    cannot be verified; a filter with no testable candidate gets none.
+
+    Parameters
+    ----------
+    selection : ProbeScenes
+        Probe scenes that choose the word.
+    evaluation : ProbeScenes
+        Probe scenes that score the chosen word (a different ``seed``; the ones behind the
+        ``faithfulness`` column, so the two columns compare).
+    top : int
+        The filter's own words considered, by rank.
+
+    Examples
+    --------
+    >>> probes = ProbeScenes(model, "_blocks.15")                                 # doctest: +SKIP
+    >>> verified = WordVerification(ProbeScenes(model, "_blocks.15", seed=20_000), probes).verify(
+    ...     explanations, network_dissection(store, top_words=1))                 # doctest: +SKIP
+    """
+
+    def __init__(self, selection: ProbeScenes, evaluation: ProbeScenes, top: int = 10):
+        if selection.seed == evaluation.seed:
+            raise ValueError(f"selection and evaluation probe scenes share seed {selection.seed}: the chosen words "
+                             "would be scored on the scenes that chose them; build the selection ProbeScenes with "
+                             "another seed, e.g. ProbeScenes(model, layer, seed=20_000)")
+        self.selection, self.evaluation, self.top = selection, evaluation, check_int("top", top)
+
+    def candidates(self, explanations: pd.DataFrame, dissection: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``filter, word, source, order`` rows: the testable candidates of every filter, in the order ties go."""
+        own = explanations.dropna(subset=["word"])
+        own = own[own["rank"] <= self.top][["filter", "word", "rank"]].assign(source="explainer")
+        parts = [own.rename(columns={"rank": "order"})]
+        if dissection is not None:
+            label = dissection[dissection["rank"] == 1].drop_duplicates("filter")[["filter", "word"]]
+            parts.append(label[label["filter"].isin(explanations["filter"])].assign(source="dissection",
+                                                                                  order=self.top + 1))
+        table = pd.concat(parts, ignore_index=True)
+        both = table.groupby(["filter", "word"])["source"].transform("nunique") > 1
+        table.loc[both, "source"] = "both"
+        table = table.sort_values(["filter", "order"], kind="stable").drop_duplicates(["filter", "word"])
+        return table[table["word"].map(self.selection.testable)].reset_index(drop=True)
+
+    def verify(self, explanations: pd.DataFrame, dissection: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The explanation table with each filter's best-supported word.
+
+        Parameters
+        ----------
+        explanations : pandas.DataFrame
+            :meth:`FilterExplainer.explain` rows.
+        dissection : pandas.DataFrame, optional
+            :func:`~lavise_nb.evaluate.network_dissection`'s table (its rank-1 word joins the candidates).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``explanations`` with per-filter :data:`VERIFIED_COLUMNS`: ``verified_word``,
+            ``verified_from`` ("explainer", "dissection" or "both"), ``verified_selection``
+            (its AUC on the selection scenes) and ``verified_faithfulness`` (its AUC on the
+            evaluation scenes); NaN where no candidate could be tested.
+        """
+        candidates = self.candidates(explanations, dissection)
+        scored = candidates.assign(auc=self.selection.score(candidates[["filter", "word"]])["auc"].to_numpy())
+        best = scored.dropna(subset=["auc"]).sort_values(["filter", "auc", "order"], ascending=[True, False, True],
+                                                        kind="stable").drop_duplicates("filter")
+        best = best.assign(faithfulness=self.evaluation.score(best[["filter", "word"]])["auc"].to_numpy())
+        best = best.set_index("filter").reindex(explanations["filter"])
+        table = explanations.drop(columns=VERIFIED_COLUMNS, errors="ignore").copy()
+        for column, source in zip(VERIFIED_COLUMNS, ["word", "source", "auc", "faithfulness"]):
+            table[column] = best[source].to_numpy()
+        return table

@@ -161,6 +161,20 @@ def _dissection_note(rows: pd.DataFrame) -> str:
     return note + ("; the first word agrees" if bool(row.get("agrees", False)) else "; not the first word")
 
 
+def _verified_note(rows: pd.DataFrame) -> str:
+    """The card's line on the best-supported word (empty when the table has none)."""
+    if not len(rows) or "verified_word" not in rows or rows["verified_word"].isna().all():
+        return ""
+    row = rows.dropna(subset=["verified_word"]).iloc[0]
+    truth, source = row.get("verified_faithfulness", np.nan), {"dissection": "the label"}.get(row["verified_from"],
+                                                                                          "the words")
+    first = rows.loc[rows["rank"] == 1, "word"]
+    same = len(first) and first.iloc[0] == row["verified_word"]
+    return (f"best supported on probe scenes (of {source}): {row['verified_word']}"
+            + (f", faithfulness {truth:.2f} on other scenes" if truth == truth else "")
+            + ("; the first word" if same else "; not the first word"))
+
+
 def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.DataFrame | None, filter: int,
                 n_images: int = 6, n_words: int = 3, top_words: int = 10, cmap: str = "inferno", fig=None):
     """One filter at a glance: its top images with their regions and words, and its ranked words.
@@ -205,7 +219,8 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     ``null_share`` (:meth:`~lavise_nb.explain.FilterExplainer.coherence`), in orange when random
     directions of the layer have top images that agree as well. Below it, where the table has it
     (:func:`~lavise_nb.faithfulness.attach_dissection`), the filter's Network Dissection label, in
-    orange when it is not the first word.
+    orange when it is not the first word, and (:class:`~lavise_nb.faithfulness.WordVerification`)
+    its best-supported word, orange when that is not the first word.
     """
     from matplotlib.patches import Patch
 
@@ -214,10 +229,10 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     rows = _one_filter(explanations, filter, layer)
     words = _one_filter(image_words, filter, layer)
     images = store.top_indices(n_images, [filter])[0]
-    n, dissection = len(images), _dissection_note(rows)
+    n, dissection, verified = len(images), _dissection_note(rows), _verified_note(rows)
     fig = _new_figure(fig, figsize=(max(8.0, 1.9 * n), 3.2 + 0.28 * top_words + 0.2 * n_words))
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 0.14 * top_words + 0.25], hspace=0.12 + 0.08 * n_words,
-                            left=0.2 if n <= 3 else 0.12, right=0.97, top=0.825 if dissection else 0.86, bottom=0.07)
+                            left=0.2 if n <= 3 else 0.12, right=0.97, top=0.86 - 0.035 * (bool(dissection) + bool(verified)), bottom=0.07)
     for rank, image in enumerate(images, 1):
         _image_panel(fig.add_subplot(grid[0, rank - 1]), store, dataset, int(image), filter, words, n_words,
                      rank, cmap)
@@ -274,6 +289,9 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     if dissection:
         fig.text(0.01, 0.88, dissection, fontsize=8, va="top",
                  color="#2e7d32" if dissection.endswith("agrees") else "#b35900")
+    if verified:
+        fig.text(0.01, 0.88 - 0.03 * bool(dissection), verified, fontsize=8, va="top",
+                 color="#2e7d32" if verified.endswith("; the first word") else "#b35900")
     return fig
 
 

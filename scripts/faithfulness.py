@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
 
 from lavise_nb import (ClassPrior, ExplainerTrainer, ExplainSettings, FilterExplainer, GammaCalibration, Reference,
                        ReferenceSpec, TrainingConfig, network_dissection)
 from lavise_nb.config import CalibrationSettings
 from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import frequency_baseline, invert_labels
-from lavise_nb.faithfulness import PresenceScore, ProbeScenes, coverage, first_words
+from lavise_nb.faithfulness import PresenceScore, ProbeScenes, WordVerification, coverage, first_words
 from lavise_nb.labels import model_labels
 from lavise_nb.probe import load_model, recalibrate_batchnorm
 from lavise_nb.store import ActivationStore
@@ -41,6 +41,9 @@ LIFT_TABLE = f"lavise_prior_{LIFT_SETTINGS.ranking}_p{LIFT_SETTINGS.p}_floor{LIF
 METHOD_SETTINGS = {f"lavise defaults, method {s.name}": s for s in (
     ExplainSettings(attention="paper"), ExplainSettings(attention="code"),
     ExplainSettings(method="activation_masking", attention="paper"), ExplainSettings(method="original"))}
+VERIFIED = "lavise's 10 words, the best-supported on other probe scenes (WordVerification)"
+VERIFIED_LABEL = "lavise's 10 words and the dissection label, the best-supported on other probe scenes"
+SELECTION_SEED = 20_000  # the verification's probe scenes; the scores' are ProbeScenes' default (10_000)
 SCORES = [("held_out", "auc"), ("held_out", "auprc"), ("held_out", "correlation"), ("held_out", "pixel_auprc"),
           ("probe", "auc"), ("probe", "mad")]
 
@@ -129,8 +132,17 @@ def head_to_head(pairs: pd.DataFrame, a: str, b: str, score: str = "probe_auc") 
     if not len(both):
         return f"{a} vs {b}: no filter both can be tested on"
     x, y = one.loc[both, score], two.loc[both, score]
+    p = wilcoxon(x, y, zero_method="wilcox").pvalue if (x != y).any() else np.nan
     return (f"{a} vs {b} on the {len(both)} filters both can be tested on ({score}): median {x.median():.3f} vs "
-            f"{y.median():.3f}; {a} better on {(x > y).sum()}, {b} on {(y > x).sum()}, tied {(x == y).sum()}")
+            f"{y.median():.3f}; {a} better on {(x > y).sum()}, {b} on {(y > x).sum()}, tied {(x == y).sum()} "
+            f"(Wilcoxon p = {p:.2g})")
+
+
+def verified_words(explanations: pd.DataFrame, verification: WordVerification, dissection=None) -> pd.DataFrame:
+    """Each filter's best-supported word as a one-word explanation table (``source``: where it came from)."""
+    table = verification.verify(explanations, dissection).drop_duplicates("filter")
+    return pd.DataFrame({"filter": table["filter"], "rank": 1, "word": table["verified_word"],
+                         "source": table["verified_from"]})
 
 
 def by_split(pairs: pd.DataFrame, a: str, b: str, seen: set, score: str = "probe_auc") -> list[str]:
@@ -165,6 +177,12 @@ def agreement(pairs: pd.DataFrame, a: str, b: str = "netdissect") -> list[str]:
         lines.append(f"- where the word cannot be tested ({untested.sum()} filters): the label "
                      f"{two.loc[untested, 'probe_auc'].median():.3f}")
     return lines
+
+
+def sources(verified: pd.DataFrame, name: str) -> str:
+    counts = verified["source"].value_counts()
+    return (f"- {VERIFIED_LABEL}: from {name}'s words only {counts.get('explainer', 0)}, the label only "
+            f"{counts.get('dissection', 0)}, both {counts.get('both', 0)}, none testable {verified['word'].isna().sum()}")
 
 
 def main() -> None:
@@ -210,6 +228,11 @@ def main() -> None:
     }
     presence = {"trained": PresenceScore(held_out.store)}
     probes = {"trained": ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, device=args.device)}
+    selection = ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, seed=SELECTION_SEED, device=args.device)
+    verification = WordVerification(selection, probes["trained"], top=10)
+    methods[VERIFIED] = ("trained", verified_words(methods[DEFAULT][1], verification))
+    methods[VERIFIED_LABEL] = ("trained", verified_words(methods[DEFAULT][1], verification,
+                                                         network_dissection(store, top_words=1)))
     if not args.no_random_network:
         random_model = load_model(spec.model, random_init=True, seed=args.seed, device=args.device)
         loader = torch.utils.data.DataLoader(ref.dataset, batch_size=64, collate_fn=collate_samples)
@@ -230,6 +253,10 @@ def main() -> None:
              head_to_head(pairs, DEFAULT, "netdissect"),
              *by_split(pairs, DEFAULT, "netdissect", seen),
              *agreement(pairs, DEFAULT),
+             head_to_head(pairs, VERIFIED, "netdissect"), head_to_head(pairs, VERIFIED, "netdissect", "held_out_auc"),
+             head_to_head(pairs, VERIFIED_LABEL, "netdissect"),
+             head_to_head(pairs, VERIFIED_LABEL, "netdissect", "held_out_auc"),
+             head_to_head(pairs, VERIFIED, DEFAULT), sources(methods[VERIFIED_LABEL][1], DEFAULT),
              head_to_head(pairs, DEFAULT, CROPS),
              head_to_head(pairs, DEFAULT, LIFT), head_to_head(pairs, DEFAULT, LIFT, "held_out_auc"),
              head_to_head(pairs, LIFT, "netdissect"), *by_split(pairs, LIFT, "netdissect", seen),

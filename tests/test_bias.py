@@ -432,3 +432,16 @@ def test_pooled_features_reads_only_the_rows_and_columns_asked_for(tiny_store):
     images, filters = [9, 2, 5, 2, 140], [3, 0]
     assert np.allclose(pooled_features(tiny_store, block=2, images=images, filters=filters),
                        full[images][:, filters])
+
+
+def test_a_verified_word_names_its_filter_over_the_first_and_the_most_faithful(tiny_store):
+    from lavise_nb.bias import GroupComparison
+
+    explanations = pd.DataFrame({"filter": [0, 0, 1], "rank": [1, 2, 1], "word": ["circle", "red", "dots"],
+                                 "support": [0.5, 0.3, 0.2], "faithfulness": [0.6, 0.95, np.nan],
+                                 "verified_word": ["green", "green", np.nan],
+                                 "verified_faithfulness": [0.8, 0.8, np.nan]})
+    groups = np.where(np.arange(tiny_store.shape[0]) % 2, "A", "B")
+    table = GroupComparison(tiny_store, groups, explanations=explanations).filters_table().set_index("filter")
+    assert table.loc[0, "top_word"] == "green" and table.loc[0, "word_score"] == 0.8
+    assert table.loc[1, "top_word"] == "dots" and table.loc[1, "word_score"] == 0.2  # none verified: as before

@@ -143,3 +143,51 @@ def test_invert_labels_find_the_planted_colours_with_the_auc_presence_scores_giv
         assert first.loc[f, "word"] == colour
     again = PresenceScore(tiny_store).score(pd.DataFrame({"filter": [0], "word": [first.loc[0, "word"]]}))
     assert again["auc"].iloc[0] == pytest.approx(first.loc[0, "auc"])
+
+
+class _PlantedProbes:
+    """ProbeScenes' interface with planted AUCs: (filter, word) -> auc; words absent are untestable."""
+
+    def __init__(self, seed, aucs):
+        self.seed, self.aucs = seed, aucs
+
+    def testable(self, word):
+        return any(w == word for _, w in self.aucs)
+
+    def score(self, pairs):
+        self.asked = list(zip(pairs["filter"], pairs["word"]))
+        return pd.DataFrame({"filter": pairs["filter"].to_numpy(), "word": pairs["word"].to_numpy(),
+                             "auc": [self.aucs.get((f, w), np.nan) for f, w in self.asked]})
+
+
+def test_verification_chooses_on_the_selection_scenes_and_scores_on_the_evaluation_scenes():
+    from lavise_nb.faithfulness import VERIFIED_COLUMNS, WordVerification
+
+    explanations = pd.DataFrame({"filter": [0, 0, 0, 1, 1, 2, 3, 3], "rank": [1, 2, 3, 1, 2, 1, 1, 2],
+                                 "word": ["tractor", "tire", "road", "sea", "boat", "zebu", "cat", "dog"]})
+    dissection = pd.DataFrame({"filter": [0, 1, 2, 3, 9], "rank": 1, "word": ["wheel", "boat", "grass", "cow", "x"],
+                               "iou": 0.1})
+    selection = _PlantedProbes(20_000, {(0, "tire"): 0.7, (0, "road"): 0.9, (0, "wheel"): 0.8, (1, "sea"): 0.6,
+                                        (1, "boat"): 0.95, (3, "cat"): 0.8, (3, "dog"): 0.8, (3, "cow"): 0.8})
+    evaluation = _PlantedProbes(10_000, {(0, "road"): 0.55, (1, "boat"): 0.9, (3, "cat"): 0.7})
+    table = WordVerification(selection, evaluation, top=2).verify(explanations, dissection)
+    assert list(table.columns) == ["filter", "rank", "word", *VERIFIED_COLUMNS]
+    best = table.drop_duplicates("filter").set_index("filter")
+    # road is rank 3, outside top=2: the label wheel beats tire; the chosen word is scored on the other scenes
+    assert best.loc[0, "verified_word"] == "wheel" and best.loc[0, "verified_from"] == "dissection"
+    assert best.loc[0, "verified_selection"] == 0.8 and np.isnan(best.loc[0, "verified_faithfulness"])
+    assert best.loc[1, ["verified_word", "verified_from", "verified_faithfulness"]].tolist() == ["boat", "both", 0.9]
+    assert best.loc[2, VERIFIED_COLUMNS].isna().all()  # tractor-like untestable words: nothing verified
+    assert best.loc[3, "verified_word"] == "cat"  # a tie goes to the explainer's earlier rank
+    assert (0, "tractor") not in selection.asked and (9, "x") not in selection.asked
+    assert evaluation.asked == [(0, "wheel"), (1, "boat"), (3, "cat")]
+    again = WordVerification(selection, evaluation, top=3).verify(table, dissection)
+    assert again.shape[1] == table.shape[1]  # verifying again replaces the columns
+    assert again.drop_duplicates("filter").set_index("filter").loc[0, "verified_word"] == "road"
+
+
+def test_verification_refuses_to_choose_and_score_on_the_same_scenes():
+    from lavise_nb.faithfulness import WordVerification
+
+    with pytest.raises(ValueError, match="share seed 10000.*another seed"):
+        WordVerification(_PlantedProbes(10_000, {}), _PlantedProbes(10_000, {}))

@@ -20,7 +20,7 @@ DOCUMENTED = {
     "02_explain_filters.ipynb": COMMON + ["method", "attention", "p", "s", "voting", "ranking", "top_words",
                                           "n_cards", "query", "recall_k", "compare", "calibrated", "hubness",
                                           "class_prior", "faithfulness", "probe_images", "random_directions",
-                                          "dissection", "score_dissection"],
+                                          "dissection", "score_dissection", "verify"],
 }
 SMALL = dict(n_images=200, seed=0, interactive=False, show_progress=False)
 
@@ -48,7 +48,7 @@ def test_parameters_are_documented_literals(name):
 def ran(trained_notebook):
     out, first = trained_notebook  # 01 with output_dir=out, max_epochs=2, p=5, **SMALL (tests/conftest.py)
     second = _run("02_explain_filters.ipynb", out, output_dir=str(out), p=5, s=3, top_words=5, n_cards=2,
-                  query="car", probe_images=6, random_directions=8, score_dissection=True, **SMALL)
+                  query="car", probe_images=6, random_directions=8, score_dissection=True, verify=True, **SMALL)
     return out, first, second
 
 
@@ -88,7 +88,8 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     table = pd.read_csv(explain / "explanations.csv")
     assert list(table.columns) == ["layer", "filter", "rank", "word", "votes", "support", "lift", "score", "kind",
                                    "n_images", "coherence", "null_share", "method", "note", "faithfulness",
-                                   "dissection_word", "dissection_iou", "dissection_faithfulness", "agrees"]
+                                   "dissection_word", "dissection_iou", "dissection_faithfulness", "agrees",
+                                   "verified_word", "verified_from", "verified_selection", "verified_faithfulness"]
     per_filter = table.groupby("filter")[["coherence", "null_share"]].nunique(dropna=False)
     assert (per_filter <= 1).all().all()  # one value per filter
     assert table["coherence"].dropna().between(0, 1).all() and table["null_share"].dropna().between(0, 1).all()
@@ -105,6 +106,13 @@ def test_explain_notebook_finds_the_mapper_and_writes_tables(ran):
     assert (firsts["agrees"] == (firsts["word"] == firsts["dissection_word"])).all()
     scored = firsts["dissection_faithfulness"].dropna()
     assert len(scored) and scored.between(0, 1).all()
+    verified = table.groupby("filter")[["verified_word", "verified_faithfulness"]].nunique(dropna=False)
+    assert (verified == 1).all().all() and firsts["verified_word"].notna().sum() > 100
+    own = table.groupby("filter")["word"].apply(set)
+    for f, row in firsts.dropna(subset=["verified_word"]).iterrows():  # one of its words or its label
+        assert row["verified_word"] in own[f] | {row["dissection_word"]}
+        assert (row["verified_from"] == "dissection") == (row["verified_word"] not in own[f])
+    assert firsts[["verified_selection", "verified_faithfulness"]].stack().between(0, 1).all()
     baseline = pd.read_csv(explain / "random_directions.csv")
     units = baseline.groupby("unit")["filter"].agg(["nunique", "max"])
     assert units.loc["filter", "nunique"] == named["filter"].nunique() and units.loc["random direction", "max"] < 8

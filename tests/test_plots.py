@@ -86,6 +86,23 @@ def test_filter_card_shows_the_dissection_check_and_whether_it_agrees(tiny_store
     assert not any("Network Dissection" in t.get_text() for t in fig.texts)
 
 
+
+def test_filter_card_shows_the_verified_word_and_whether_it_is_the_first(tiny_store, shapes, tables):
+    explanations, image_words = tables
+    f = COLOUR_FILTERS["red"]
+    first = explanations[(explanations["filter"] == f) & (explanations["rank"] == 1)]["word"].iloc[0]
+    for word, source, ending, colour in ((first, "explainer", "; the first word", "#2e7d32"),
+                                         ("dog", "dissection", "; not the first word", "#b35900")):
+        table = explanations.assign(verified_word=word, verified_from=source, verified_selection=0.9,
+                                    verified_faithfulness=0.87)
+        fig = filter_card(tiny_store, shapes, table, image_words, f, n_images=2, fig=Figure())
+        line = [t for t in fig.texts if t.get_text().startswith("best supported on probe scenes")]
+        assert len(line) == 1 and f": {word}, faithfulness 0.87 on other scenes" in line[0].get_text()
+        assert line[0].get_text().endswith(ending) and matplotlib.colors.to_hex(line[0].get_color()) == colour
+        assert ("(of the label)" in line[0].get_text()) == (source == "dissection")
+    fig = filter_card(tiny_store, shapes, explanations, image_words, f, n_images=2, fig=Figure())
+    assert not any(t.get_text().startswith("best supported") for t in fig.texts)
+
 def test_unseen_and_zero_shot_words_are_marked(tiny_store, shapes, tables):
     explanations, image_words = tables
     fig = filter_card(tiny_store, shapes, explanations, image_words, 5, n_images=3, top_words=20, fig=Figure())
