@@ -82,7 +82,8 @@ def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[d
     """Per filter: its best-supported word, its first ``n_words`` words joined, and that word's score.
 
     The best-supported word is the filter's ``verified_word`` where the table has one
-    (:class:`~lavise_nb.faithfulness.WordVerification`, scored by ``verified_faithfulness``),
+    (:class:`~lavise_nb.faithfulness.WordVerification`, scored by ``verified_faithfulness``, NaN
+    where the evaluation scenes could not score it),
     else the one with the highest ``faithfulness`` (:func:`~lavise_nb.faithfulness.attach_faithfulness`),
     else the first-ranked word; its score is that faithfulness, else its ``support`` (NaN
     without either).
@@ -98,9 +99,10 @@ def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[d
     for f, part in table.groupby("filter"):
         words = part["word"].astype(str).tolist()
         best = part.iloc[0]
-        if "verified_word" in part and part["verified_word"].notna().any():
-            best = pd.Series({"word": part["verified_word"].dropna().iloc[0]})
-            score[int(f)] = float(part["verified_faithfulness"].iloc[0])
+        verified = part["verified_word"].dropna() if "verified_word" in part else []
+        if len(verified):
+            best = pd.Series({"word": verified.iloc[0]})
+            score[int(f)] = float(part.get("verified_faithfulness", pd.Series([np.nan])).iloc[0])
         elif "faithfulness" in part and part["faithfulness"].notna().any():
             best = part.loc[part["faithfulness"].idxmax()]
             score[int(f)] = float(best["faithfulness"])

@@ -36,11 +36,13 @@ from .regions import filter_maps, masks_at
 
 __all__ = ["PresenceScore", "ProbeScenes", "PRESENCE_COLUMNS", "PROBE_COLUMNS", "presence_scores",
            "sanity_checks", "coverage", "attach_faithfulness", "attach_dissection", "first_words",
-           "against_random_directions", "WordVerification", "VERIFIED_COLUMNS"]
+           "against_random_directions", "WordVerification", "VERIFIED_COLUMNS", "SEED_SPAN"]
 
 PRESENCE_COLUMNS = ["filter", "word", "testable", "n_images", "n_positive", "correlation", "auprc", "auprc_chance",
                     "auc", "auc_p", "pixel_auprc", "pixel_chance"]
 PROBE_COLUMNS = ["filter", "word", "testable", "n_probe", "n_control", "auc", "mad"]
+#: A ProbeScenes' scenes use seeds ``seed`` to ``seed + SEED_SPAN - 1`` (controls, then one per word).
+SEED_SPAN = 100_001
 VERIFIED_COLUMNS = ["verified_word", "verified_from", "verified_selection", "verified_faithfulness"]
 
 
@@ -242,7 +244,7 @@ class ProbeScenes:
             else:
                 key = {"object_weights": {word: self.weight}} if word in self.objects else \
                     {"background_weights": {word: self.weight}}
-                self._stores[word] = self._store(key, self.seed + 1 + zlib.crc32(word.encode()) % 100_000)
+                self._stores[word] = self._store(key, self.seed + 1 + zlib.crc32(word.encode()) % (SEED_SPAN - 1))
         return self._stores[word]
 
     def activations(self, word: str | None, directions=None) -> tuple[np.ndarray, np.ndarray]:
@@ -460,39 +462,41 @@ class WordVerification:
     selection : ProbeScenes
         Probe scenes that choose the word.
     evaluation : ProbeScenes
-        Probe scenes that score the chosen word (a different ``seed``; the ones behind the
-        ``faithfulness`` column, so the two columns compare).
+        Probe scenes that score the chosen word: the ones behind the ``faithfulness`` column, so
+        the two columns compare. Their seeds must not overlap the selection's (base seeds at least
+        :data:`SEED_SPAN` apart).
     top : int
         The filter's own words considered, by rank.
 
     Examples
     --------
     >>> probes = ProbeScenes(model, "_blocks.15")                                 # doctest: +SKIP
-    >>> verified = WordVerification(ProbeScenes(model, "_blocks.15", seed=20_000), probes).verify(
+    >>> verified = WordVerification(ProbeScenes(model, "_blocks.15", seed=110_001), probes).verify(
     ...     explanations, network_dissection(store, top_words=1))                 # doctest: +SKIP
     """
 
     def __init__(self, selection: ProbeScenes, evaluation: ProbeScenes, top: int = 10):
-        if selection.seed == evaluation.seed:
-            raise ValueError(f"selection and evaluation probe scenes share seed {selection.seed}: the chosen words "
-                             "would be scored on the scenes that chose them; build the selection ProbeScenes with "
-                             "another seed, e.g. ProbeScenes(model, layer, seed=20_000)")
+        if abs(selection.seed - evaluation.seed) < SEED_SPAN:
+            raise ValueError(f"selection and evaluation probe scenes have base seeds {selection.seed} and "
+                             f"{evaluation.seed}, less than {SEED_SPAN} apart, so their scenes may share seeds and the "
+                             "chosen words be scored on scenes like those that chose them; build the selection "
+                             f"ProbeScenes with seed={evaluation.seed + SEED_SPAN}")
         self.selection, self.evaluation, self.top = selection, evaluation, check_int("top", top)
 
     def candidates(self, explanations: pd.DataFrame, dissection: pd.DataFrame | None = None) -> pd.DataFrame:
-        """``filter, word, source, order`` rows: the testable candidates of every filter, in the order ties go."""
+        """``filter, word, order, source`` rows: the testable candidates of every explained filter, in the order
+        ties go (the explainer's ranks, then the label)."""
         own = explanations.dropna(subset=["word"])
         own = own[own["rank"] <= self.top][["filter", "word", "rank"]].assign(source="explainer")
         parts = [own.rename(columns={"rank": "order"})]
         if dissection is not None:
             label = dissection[dissection["rank"] == 1].drop_duplicates("filter")[["filter", "word"]]
-            parts.append(label[label["filter"].isin(explanations["filter"])].assign(source="dissection",
-                                                                                  order=self.top + 1))
+            parts.append(label[label["filter"].isin(own["filter"])].assign(source="dissection", order=self.top + 1))
         table = pd.concat(parts, ignore_index=True)
         both = table.groupby(["filter", "word"])["source"].transform("nunique") > 1
         table.loc[both, "source"] = "both"
         table = table.sort_values(["filter", "order"], kind="stable").drop_duplicates(["filter", "word"])
-        return table[table["word"].map(self.selection.testable)].reset_index(drop=True)
+        return table[table["word"].map(self.selection.testable).astype(bool)].reset_index(drop=True)
 
     def verify(self, explanations: pd.DataFrame, dissection: pd.DataFrame | None = None) -> pd.DataFrame:
         """The explanation table with each filter's best-supported word.
@@ -512,13 +516,15 @@ class WordVerification:
             (its AUC on the selection scenes) and ``verified_faithfulness`` (its AUC on the
             evaluation scenes); NaN where no candidate could be tested.
         """
+        table = explanations.drop(columns=VERIFIED_COLUMNS, errors="ignore").copy()
         candidates = self.candidates(explanations, dissection)
+        if not len(candidates):
+            return table.assign(**{column: np.nan for column in VERIFIED_COLUMNS})
         scored = candidates.assign(auc=self.selection.score(candidates[["filter", "word"]])["auc"].to_numpy())
         best = scored.dropna(subset=["auc"]).sort_values(["filter", "auc", "order"], ascending=[True, False, True],
                                                         kind="stable").drop_duplicates("filter")
         best = best.assign(faithfulness=self.evaluation.score(best[["filter", "word"]])["auc"].to_numpy())
         best = best.set_index("filter").reindex(explanations["filter"])
-        table = explanations.drop(columns=VERIFIED_COLUMNS, errors="ignore").copy()
         for column, source in zip(VERIFIED_COLUMNS, ["word", "source", "auc", "faithfulness"]):
             table[column] = best[source].to_numpy()
         return table

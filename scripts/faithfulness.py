@@ -26,7 +26,7 @@ from lavise_nb import (ClassPrior, ExplainerTrainer, ExplainSettings, FilterExpl
 from lavise_nb.config import CalibrationSettings
 from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import frequency_baseline, invert_labels
-from lavise_nb.faithfulness import PresenceScore, ProbeScenes, WordVerification, coverage, first_words
+from lavise_nb.faithfulness import SEED_SPAN, PresenceScore, ProbeScenes, WordVerification, coverage, first_words
 from lavise_nb.labels import model_labels
 from lavise_nb.probe import load_model, recalibrate_batchnorm
 from lavise_nb.store import ActivationStore
@@ -43,7 +43,6 @@ METHOD_SETTINGS = {f"lavise defaults, method {s.name}": s for s in (
     ExplainSettings(method="activation_masking", attention="paper"), ExplainSettings(method="original"))}
 VERIFIED = "lavise's 10 words, the best-supported on other probe scenes (WordVerification)"
 VERIFIED_LABEL = "lavise's 10 words and the dissection label, the best-supported on other probe scenes"
-SELECTION_SEED = 20_000  # the verification's probe scenes; the scores' are ProbeScenes' default (10_000)
 SCORES = [("held_out", "auc"), ("held_out", "auprc"), ("held_out", "correlation"), ("held_out", "pixel_auprc"),
           ("probe", "auc"), ("probe", "mad")]
 
@@ -182,7 +181,8 @@ def agreement(pairs: pd.DataFrame, a: str, b: str = "netdissect") -> list[str]:
 def sources(verified: pd.DataFrame, name: str) -> str:
     counts = verified["source"].value_counts()
     return (f"- {VERIFIED_LABEL}: from {name}'s words only {counts.get('explainer', 0)}, the label only "
-            f"{counts.get('dissection', 0)}, both {counts.get('both', 0)}, none testable {verified['word'].isna().sum()}")
+            f"{counts.get('dissection', 0)}, both {counts.get('both', 0)}, "
+            f"none testable {verified['word'].isna().sum()}")
 
 
 def main() -> None:
@@ -228,11 +228,11 @@ def main() -> None:
     }
     presence = {"trained": PresenceScore(held_out.store)}
     probes = {"trained": ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, device=args.device)}
-    selection = ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, seed=SELECTION_SEED, device=args.device)
+    selection = ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, seed=probes["trained"].seed + SEED_SPAN,
+                            device=args.device)  # scenes apart from the scoring ones
     verification = WordVerification(selection, probes["trained"], top=10)
     methods[VERIFIED] = ("trained", verified_words(methods[DEFAULT][1], verification))
-    methods[VERIFIED_LABEL] = ("trained", verified_words(methods[DEFAULT][1], verification,
-                                                         network_dissection(store, top_words=1)))
+    methods[VERIFIED_LABEL] = ("trained", verified_words(methods[DEFAULT][1], verification, methods["netdissect"][1]))
     if not args.no_random_network:
         random_model = load_model(spec.model, random_init=True, seed=args.seed, device=args.device)
         loader = torch.utils.data.DataLoader(ref.dataset, batch_size=64, collate_fn=collate_samples)

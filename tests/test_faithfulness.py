@@ -163,12 +163,13 @@ class _PlantedProbes:
 def test_verification_chooses_on_the_selection_scenes_and_scores_on_the_evaluation_scenes():
     from lavise_nb.faithfulness import VERIFIED_COLUMNS, WordVerification
 
-    explanations = pd.DataFrame({"filter": [0, 0, 0, 1, 1, 2, 3, 3], "rank": [1, 2, 3, 1, 2, 1, 1, 2],
-                                 "word": ["tractor", "tire", "road", "sea", "boat", "zebu", "cat", "dog"]})
-    dissection = pd.DataFrame({"filter": [0, 1, 2, 3, 9], "rank": 1, "word": ["wheel", "boat", "grass", "cow", "x"],
-                               "iou": 0.1})
-    selection = _PlantedProbes(20_000, {(0, "tire"): 0.7, (0, "road"): 0.9, (0, "wheel"): 0.8, (1, "sea"): 0.6,
-                                        (1, "boat"): 0.95, (3, "cat"): 0.8, (3, "dog"): 0.8, (3, "cow"): 0.8})
+    explanations = pd.DataFrame({"filter": [0, 0, 0, 1, 1, 2, 3, 3, 4], "rank": [1, 2, 3, 1, 2, 1, 1, 2, 0],
+                                 "word": ["tractor", "tire", "road", "sea", "boat", "zebu", "cat", "dog", None]})
+    dissection = pd.DataFrame({"filter": [0, 1, 2, 3, 4, 9], "rank": 1,
+                               "word": ["wheel", "boat", "grass", "cow", "grass", "x"], "iou": 0.1})
+    selection = _PlantedProbes(110_001, {(0, "tire"): 0.7, (0, "road"): 0.9, (0, "wheel"): 0.8, (1, "sea"): 0.6,
+                                        (1, "boat"): 0.95, (3, "cat"): 0.8, (3, "dog"): 0.8, (3, "cow"): 0.8,
+                                        (9, "x"): 0.99, (4, "grass"): 0.99})
     evaluation = _PlantedProbes(10_000, {(0, "road"): 0.55, (1, "boat"): 0.9, (3, "cat"): 0.7})
     table = WordVerification(selection, evaluation, top=2).verify(explanations, dissection)
     assert list(table.columns) == ["filter", "rank", "word", *VERIFIED_COLUMNS]
@@ -179,7 +180,8 @@ def test_verification_chooses_on_the_selection_scenes_and_scores_on_the_evaluati
     assert best.loc[1, ["verified_word", "verified_from", "verified_faithfulness"]].tolist() == ["boat", "both", 0.9]
     assert best.loc[2, VERIFIED_COLUMNS].isna().all()  # tractor-like untestable words: nothing verified
     assert best.loc[3, "verified_word"] == "cat"  # a tie goes to the explainer's earlier rank
-    assert (0, "tractor") not in selection.asked and (9, "x") not in selection.asked
+    assert best.loc[4, VERIFIED_COLUMNS].isna().all()  # a filter the explainer left unnamed gets no label either
+    assert (0, "tractor") not in selection.asked and (9, "x") not in selection.asked  # filter 9 is not explained
     assert evaluation.asked == [(0, "wheel"), (1, "boat"), (3, "cat")]
     again = WordVerification(selection, evaluation, top=3).verify(table, dissection)
     assert again.shape[1] == table.shape[1]  # verifying again replaces the columns
@@ -189,5 +191,18 @@ def test_verification_chooses_on_the_selection_scenes_and_scores_on_the_evaluati
 def test_verification_refuses_to_choose_and_score_on_the_same_scenes():
     from lavise_nb.faithfulness import WordVerification
 
-    with pytest.raises(ValueError, match="share seed 10000.*another seed"):
-        WordVerification(_PlantedProbes(10_000, {}), _PlantedProbes(10_000, {}))
+    for selection in (10_000, 20_000):  # per-word seeds span SEED_SPAN: 20_000 could meet one of 10_000's words
+        with pytest.raises(ValueError, match=f"base seeds {selection} and 10000, less than 100001 apart.*seed=110001"):
+            WordVerification(_PlantedProbes(selection, {}), _PlantedProbes(10_000, {}))
+    WordVerification(_PlantedProbes(110_001, {}), _PlantedProbes(10_000, {}))
+
+
+def test_verification_of_a_table_with_nothing_testable_adds_empty_columns():
+    from lavise_nb.faithfulness import VERIFIED_COLUMNS, WordVerification
+
+    verification = WordVerification(_PlantedProbes(110_001, {(0, "red"): 0.9}), _PlantedProbes(10_000, {}))
+    unnamed = pd.DataFrame({"filter": [0, 1], "rank": [0, 0], "word": [None, None]})
+    for table in (unnamed, unnamed.iloc[:0]):
+        verified = verification.verify(table)
+        assert list(verified.columns) == [*table.columns, *VERIFIED_COLUMNS] and len(verified) == len(table)
+        assert verified[VERIFIED_COLUMNS].isna().all().all()

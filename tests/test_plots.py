@@ -103,6 +103,7 @@ def test_filter_card_shows_the_verified_word_and_whether_it_is_the_first(tiny_st
     fig = filter_card(tiny_store, shapes, explanations, image_words, f, n_images=2, fig=Figure())
     assert not any(t.get_text().startswith("best supported") for t in fig.texts)
 
+
 def test_unseen_and_zero_shot_words_are_marked(tiny_store, shapes, tables):
     explanations, image_words = tables
     fig = filter_card(tiny_store, shapes, explanations, image_words, 5, n_images=3, top_words=20, fig=Figure())
