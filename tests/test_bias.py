@@ -283,7 +283,7 @@ def test_bias_notebook_runs_with_small_parameters(tmp_path):
     papermill = pytest.importorskip("papermill")
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "03_bias_analysis.ipynb"
     parameters = dict(n_images=120, n_per_group=40, output_dir=str(tmp_path), interactive=False,
-                      show_progress=False, mapper_epochs=3, run_null=False)
+                      show_progress=False, mapper_epochs=3, run_null=False, verify=True, probe_images=4, top_filters=3)
     if os.environ.get("LAVISE_NB_TUXPAINT"):
         parameters["tuxpaint_dir"] = os.environ["LAVISE_NB_TUXPAINT"]
     papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters=parameters,
@@ -292,7 +292,15 @@ def test_bias_notebook_runs_with_small_parameters(tmp_path):
     assert (bias / "filters.csv").is_file() and (bias / "volcano.png").is_file()
     filters = pd.read_csv(bias / "filters.csv")
     assert {"filter", "difference", "q_value", "top_words"} <= set(filters.columns)
-    assert json.loads((bias / "summary.json").read_text())["n_per_group"] == 40
+    summary = json.loads((bias / "summary.json").read_text())
+    assert summary["n_per_group"] == 40 and summary["timings_s"]["verify"] > 0
+    from lavise_nb.scenes import background_table, stamp_table, usable_rows
+
+    composable = set(usable_rows(stamp_table(), photos_only=True)["concept"]) | set(
+        usable_rows(background_table(), photos_only=False)["concept"].dropna())
+    named = filters.head(6)  # verified: named by a word probe scenes can test (a label at least), scored by its AUC
+    assert named["top_word"].isin(composable).all() and named["word_score"].dropna().between(0, 1).all()
+    assert not filters.iloc[6:]["top_word"].dropna().isin(composable).all()  # the rest keep their first words
 
 
 # ----------------------------------------------------------------------------- figures and widget
