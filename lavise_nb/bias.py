@@ -214,6 +214,21 @@ class GroupComparison:
                                threshold_source=self.threshold_source, explanations=self.explanations,
                                groups=groups, filters=self.filters, settings=self.settings)
 
+    def rename(self, explanations: pd.DataFrame) -> "GroupComparison":
+        """Name the filters by other explanations (e.g. :class:`~lavise_nb.faithfulness.WordVerification`'s),
+        keeping what was computed; returns this comparison."""
+        self.explanations = explanations
+        self.first_word, self.filter_words, self.word_score = _words_by_filter(explanations, self.settings.n_words)
+        if self.result is not None:
+            self.result = self.result.assign(**self._names(self.result["filter"]))
+        return self
+
+    def _names(self, filters) -> dict:
+        """``top_word``, ``word_score`` and ``top_words`` of each of ``filters``, as columns."""
+        return {"top_word": [self.first_word.get(int(f), "") for f in filters],
+                "word_score": [self.word_score.get(int(f), np.nan) for f in filters],
+                "top_words": [self.filter_words.get(int(f), "") for f in filters]}
+
     # ------------------------------------------------------------------ setup
     def _check_reference(self, reference) -> None:
         tk, rk = self.store.manifest["key"], reference.manifest["key"]
@@ -395,9 +410,7 @@ class GroupComparison:
             "q_value": np.repeat(q, n_g),
             "significant": np.repeat(np.nan_to_num(q, nan=1.0) < alpha, n_g),
             "rank": np.repeat(rank, n_g),
-            "top_word": [self.first_word.get(int(f), "") for f in np.repeat(filters, n_g)],
-            "word_score": [self.word_score.get(int(f), np.nan) for f in np.repeat(filters, n_g)],
-            "top_words": [self.filter_words.get(int(f), "") for f in np.repeat(filters, n_g)],
+            **self._names(np.repeat(filters, n_g)),
             "reason": np.repeat(reason, n_g),
         })
         table = table.sort_values(["rank", "group"], key=lambda c: c if c.name == "rank" else
@@ -530,9 +543,7 @@ class GroupComparison:
         table.insert(0, "layer", self.store.layer)
         table = table.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
         table["rank"] = table.groupby("group").cumcount() + 1
-        table["top_word"] = [self.first_word.get(int(f), "") for f in table["filter"]]
-        table["word_score"] = [self.word_score.get(int(f), np.nan) for f in table["filter"]]
-        table["top_words"] = [self.filter_words.get(int(f), "") for f in table["filter"]]
+        table = table.assign(**self._names(table["filter"]))
         if top is not None:
             table = table[table["rank"] <= top].reset_index(drop=True)
         table.attrs.update(summary)

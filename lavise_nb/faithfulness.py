@@ -221,6 +221,11 @@ class ProbeScenes:
         self._contents: dict = {}
         self._maxima: dict = {}
 
+    def disjoint(self) -> "ProbeScenes":
+        """The same probes on other scenes: a base seed :data:`SEED_SPAN` higher, so no seed is shared."""
+        return ProbeScenes(self.model, self.layer, n_images=self.n_images, seed=self.seed + SEED_SPAN,
+                           weight=self.weight, root=self.root, device=self.device, show_progress=self.show_progress)
+
     def testable(self, word: str) -> bool:
         """Whether scenes can be composed for ``word`` (a stamp or background concept)."""
         return word in self.objects or word in self.backgrounds
@@ -459,28 +464,28 @@ class WordVerification:
 
     Parameters
     ----------
-    selection : ProbeScenes
-        Probe scenes that choose the word.
     evaluation : ProbeScenes
         Probe scenes that score the chosen word: the ones behind the ``faithfulness`` column, so
-        the two columns compare. Their seeds must not overlap the selection's (base seeds at least
-        :data:`SEED_SPAN` apart).
+        the two columns compare.
+    selection : ProbeScenes, optional
+        Probe scenes that choose the word (default ``evaluation.disjoint()``). Their seeds must not
+        overlap the evaluation's (base seeds at least :data:`SEED_SPAN` apart).
     top : int
         The filter's own words considered, by rank.
 
     Examples
     --------
-    >>> probes = ProbeScenes(model, "_blocks.15")                                 # doctest: +SKIP
-    >>> verified = WordVerification(ProbeScenes(model, "_blocks.15", seed=110_001), probes).verify(
+    >>> verified = WordVerification(ProbeScenes(model, "_blocks.15")).verify(
     ...     explanations, network_dissection(store, top_words=1))                 # doctest: +SKIP
     """
 
-    def __init__(self, selection: ProbeScenes, evaluation: ProbeScenes, top: int = 10):
+    def __init__(self, evaluation: ProbeScenes, selection: ProbeScenes | None = None, top: int = 10):
+        selection = evaluation.disjoint() if selection is None else selection
         if abs(selection.seed - evaluation.seed) < SEED_SPAN:
             raise ValueError(f"selection and evaluation probe scenes have base seeds {selection.seed} and "
                              f"{evaluation.seed}, less than {SEED_SPAN} apart, so their scenes may share seeds and the "
-                             "chosen words be scored on scenes like those that chose them; build the selection "
-                             f"ProbeScenes with seed={evaluation.seed + SEED_SPAN}")
+                             "chosen words be scored on scenes like those that chose them; leave selection out "
+                             f"(it defaults to evaluation.disjoint(), seed {evaluation.seed + SEED_SPAN})")
         self.selection, self.evaluation, self.top = selection, evaluation, check_int("top", top)
 
     def candidates(self, explanations: pd.DataFrame, dissection: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -232,7 +232,8 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     n, dissection, verified = len(images), _dissection_note(rows), _verified_note(rows)
     fig = _new_figure(fig, figsize=(max(8.0, 1.9 * n), 3.2 + 0.28 * top_words + 0.2 * n_words))
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 0.14 * top_words + 0.25], hspace=0.12 + 0.08 * n_words,
-                            left=0.2 if n <= 3 else 0.12, right=0.97, top=0.86 - 0.035 * (bool(dissection) + bool(verified)), bottom=0.07)
+                            left=0.2 if n <= 3 else 0.12, right=0.97, bottom=0.07,
+                            top=0.86 - 0.035 * (bool(dissection) + bool(verified)))
     for rank, image in enumerate(images, 1):
         _image_panel(fig.add_subplot(grid[0, rank - 1]), store, dataset, int(image), filter, words, n_words,
                      rank, cmap)

@@ -10,7 +10,7 @@ import pandas as pd
 from ._utils.progress import progress
 
 WORD_COLUMNS = ("rank word kind votes support lift faithfulness score n_images coherence null_share dissection_word "
-                "dissection_iou dissection_faithfulness agrees verified_word verified_faithfulness note").split()  # the browser's word table
+                "dissection_iou dissection_faithfulness agrees verified_word verified_faithfulness note").split()
 
 
 def _png(fig, dpi: int = 90):

@@ -26,7 +26,7 @@ from lavise_nb import (ClassPrior, ExplainerTrainer, ExplainSettings, FilterExpl
 from lavise_nb.config import CalibrationSettings
 from lavise_nb.datasets import collate_samples
 from lavise_nb.evaluate import frequency_baseline, invert_labels
-from lavise_nb.faithfulness import SEED_SPAN, PresenceScore, ProbeScenes, WordVerification, coverage, first_words
+from lavise_nb.faithfulness import PresenceScore, ProbeScenes, WordVerification, coverage, first_words
 from lavise_nb.labels import model_labels
 from lavise_nb.probe import load_model, recalibrate_batchnorm
 from lavise_nb.store import ActivationStore
@@ -228,9 +228,7 @@ def main() -> None:
     }
     presence = {"trained": PresenceScore(held_out.store)}
     probes = {"trained": ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, device=args.device)}
-    selection = ProbeScenes(ref.model, spec.layer, n_images=args.probe_images, seed=probes["trained"].seed + SEED_SPAN,
-                            device=args.device)  # scenes apart from the scoring ones
-    verification = WordVerification(selection, probes["trained"], top=10)
+    verification = WordVerification(probes["trained"], top=10)  # chosen on probes["trained"].disjoint()
     methods[VERIFIED] = ("trained", verified_words(methods[DEFAULT][1], verification))
     methods[VERIFIED_LABEL] = ("trained", verified_words(methods[DEFAULT][1], verification, methods["netdissect"][1]))
     if not args.no_random_network:

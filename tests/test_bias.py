@@ -453,3 +453,9 @@ def test_a_verified_word_names_its_filter_over_the_first_and_the_most_faithful(t
     table = GroupComparison(tiny_store, groups, explanations=explanations).filters_table().set_index("filter")
     assert table.loc[0, "top_word"] == "green" and table.loc[0, "word_score"] == 0.8
     assert table.loc[1, "top_word"] == "dots" and table.loc[1, "word_score"] == 0.2  # none verified: as before
+    plain = GroupComparison(tiny_store, groups, explanations=explanations.drop(columns=["verified_word"]))
+    before = plain.compare()
+    assert plain.filters_table().set_index("filter").loc[0, "top_word"] == "red"
+    renamed = plain.rename(explanations).filters_table().set_index("filter")  # names change, the test does not
+    assert renamed.loc[0, "top_word"] == "green" and renamed.loc[0, "word_score"] == 0.8
+    assert plain.result.drop(columns=["top_word", "word_score"]).equals(before.drop(columns=["top_word", "word_score"]))

@@ -171,7 +171,7 @@ def test_verification_chooses_on_the_selection_scenes_and_scores_on_the_evaluati
                                         (1, "boat"): 0.95, (3, "cat"): 0.8, (3, "dog"): 0.8, (3, "cow"): 0.8,
                                         (9, "x"): 0.99, (4, "grass"): 0.99})
     evaluation = _PlantedProbes(10_000, {(0, "road"): 0.55, (1, "boat"): 0.9, (3, "cat"): 0.7})
-    table = WordVerification(selection, evaluation, top=2).verify(explanations, dissection)
+    table = WordVerification(evaluation, selection, top=2).verify(explanations, dissection)
     assert list(table.columns) == ["filter", "rank", "word", *VERIFIED_COLUMNS]
     best = table.drop_duplicates("filter").set_index("filter")
     # road is rank 3, outside top=2: the label wheel beats tire; the chosen word is scored on the other scenes
@@ -183,7 +183,7 @@ def test_verification_chooses_on_the_selection_scenes_and_scores_on_the_evaluati
     assert best.loc[4, VERIFIED_COLUMNS].isna().all()  # a filter the explainer left unnamed gets no label either
     assert (0, "tractor") not in selection.asked and (9, "x") not in selection.asked  # filter 9 is not explained
     assert evaluation.asked == [(0, "wheel"), (1, "boat"), (3, "cat")]
-    again = WordVerification(selection, evaluation, top=3).verify(table, dissection)
+    again = WordVerification(evaluation, selection, top=3).verify(table, dissection)
     assert again.shape[1] == table.shape[1]  # verifying again replaces the columns
     assert again.drop_duplicates("filter").set_index("filter").loc[0, "verified_word"] == "road"
 
@@ -192,15 +192,18 @@ def test_verification_refuses_to_choose_and_score_on_the_same_scenes():
     from lavise_nb.faithfulness import WordVerification
 
     for selection in (10_000, 20_000):  # per-word seeds span SEED_SPAN: 20_000 could meet one of 10_000's words
-        with pytest.raises(ValueError, match=f"base seeds {selection} and 10000, less than 100001 apart.*seed=110001"):
-            WordVerification(_PlantedProbes(selection, {}), _PlantedProbes(10_000, {}))
-    WordVerification(_PlantedProbes(110_001, {}), _PlantedProbes(10_000, {}))
+        with pytest.raises(ValueError, match=f"base seeds {selection} and 10000, less than 100001 apart.*seed 110001"):
+            WordVerification(_PlantedProbes(10_000, {}), _PlantedProbes(selection, {}))
+    WordVerification(_PlantedProbes(10_000, {}), _PlantedProbes(110_001, {}))
+    probes = ProbeScenes(None, "_blocks.15", n_images=7, seed=10_000, weight=50.0)
+    chosen = WordVerification(probes).selection  # the default: the same probes on scenes no seed of theirs meets
+    assert (chosen.seed, chosen.n_images, chosen.weight, chosen.layer) == (110_001, 7, 50.0, "_blocks.15")
 
 
 def test_verification_of_a_table_with_nothing_testable_adds_empty_columns():
     from lavise_nb.faithfulness import VERIFIED_COLUMNS, WordVerification
 
-    verification = WordVerification(_PlantedProbes(110_001, {(0, "red"): 0.9}), _PlantedProbes(10_000, {}))
+    verification = WordVerification(_PlantedProbes(10_000, {}), _PlantedProbes(110_001, {(0, "red"): 0.9}))
     unnamed = pd.DataFrame({"filter": [0, 1], "rank": [0, 0], "word": [None, None]})
     for table in (unnamed, unnamed.iloc[:0]):
         verified = verification.verify(table)
