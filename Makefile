@@ -17,15 +17,17 @@ PIP_SETTING = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^glob
 UV_FLAGS = --index-strategy unsafe-best-match $(foreach url,$(call PIP_SETTING,extra-index-url),--extra-index-url $(url)) \
 	$(foreach file,$(call PIP_SETTING,constraint),--constraint $(file))
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
 	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) $(PACKAGES) || $(PY) -m pip install -q $(PACKAGES)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	$(REGISTER_KERNEL)
+	$(PY) -m ipykernel install --sys-prefix --name lavise-nb --display-name "Python (lavise-nb)" >/dev/null
 	touch $(STAMP)
 
-# The venv's kernel for any JupyterLab (user-level kernelspec, also for a JupyterLab installed elsewhere).
+# The notebooks' kernel, lavise-nb, lives in the venv: Jupyter run from this venv prefers it over any user-level
+# one, so each checkout's papermill and JupyterLab run its own package. `make lab` also registers it for the user,
+# for a JupyterLab installed elsewhere (that one runs the checkout that last ran `make lab`).
 REGISTER_KERNEL = $(PY) -m ipykernel install --user --name lavise-nb --display-name "Python (lavise-nb)" >/dev/null
 
 # glibc keeps large buffers for reuse (about 2x faster CPU forward passes, more peak memory): lavise_nb/_utils/allocator.py
@@ -42,7 +44,7 @@ test: $(STAMP)
 	$(FAST_MALLOC) $(PY) -m pytest -q tests
 
 # JupyterLab on notebooks/ at http://127.0.0.1:$(LAB_PORT) (the URL with its token is printed), kernel lavise-nb.
-# Registering the kernel again points it at this checkout's venv. More options: make lab LAB_ARGS="--token T".
+# It registers the user-level kernel again, pointing it at this checkout's venv. More options: make lab LAB_ARGS="--token T".
 LAB_PORT ?= 8888
 lab: $(STAMP)
 	$(REGISTER_KERNEL)

@@ -12,9 +12,21 @@ prints the planted words' ranks among the 10.6k concrete nouns (p = 25 votes and
 view). Writes --output-dir/clipart_trial.csv.
 
     python scripts/clipart_trial.py    # 2 cores: the two stores about 7 min, the ten heads about 6.5 min
+
+--emoji adds Noto Color Emoji glyphs (Debian's fonts-noto-color-emoji, Apache-2.0, rendered at 128 px) named by
+emoji-datasource-google's table (npm, MIT): every glyph of the animal, food, travel, activity and object
+categories whose short or Unicode name gives a concrete noun that is not a photo stamp, background or planted
+concept. They are sampled at --emoji-weight of a photo concept's rate, and a third head is trained on all seen
+concepts (photo + clip-art + emoji). Both downloads go to the cache; nothing is committed.
+
+    python scripts/clipart_trial.py --emoji --n-images 4000 --sizes ""
 """
 import argparse
+import json
+import re
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -30,7 +42,10 @@ from lavise_nb.config import ExplainSettings, TrainingConfig  # noqa: E402
 from lavise_nb.datasets import CocoDataset  # noqa: E402
 from lavise_nb.detectors import plant, planted_ranks  # noqa: E402
 from lavise_nb.reference import load_target  # noqa: E402
-from lavise_nb.scenes import SceneSettings, build_stamp_scenes, stamp_table  # noqa: E402
+from lavise_nb._utils.cache import cache_dir  # noqa: E402
+from lavise_nb._utils.debian import fetch_deb  # noqa: E402
+from lavise_nb.scenes import (SceneSettings, background_table, build_stamp_scenes, fetch_tuxpaint,  # noqa: E402
+                              stamp_table)
 
 SIX = ["tiger", "pineapple", "giraffe", "kangaroo", "forest", "ocean"]
 NAMES = {  # clip-art path (prefix match) -> concept; only concepts no photo stamp has, none planted
@@ -84,12 +99,86 @@ def log(msg: str) -> None:
     print(f"[{time.time() - T0:7.1f} s] {msg}", flush=True)
 
 
+EMOJI_GROUPS = ("Animals & Nature", "Food & Drink", "Travel & Places", "Activities", "Objects")
+EMOJI_DROP = {"face", "symbol", "sign", "with", "and", "of", "the", "a", "emoji", "button", "mark"}
+EMOJI_SKIP = set("""art bar blood chime clothes construction cover curl date design drink flash food fuji game green
+ground index japan label ledger left leg light link liquid machine mag mute nib note office pick pod popper pound
+rex root rosette scale slide slider smoking sound station stop stroke track trend vehicle way wedge""".split())
+
+
+def emoji_sources(folder: Path) -> tuple[Path, list]:
+    """The Noto Color Emoji font (apt) and emoji-datasource-google's emoji.json rows (npm), fetched once."""
+    font = folder / "noto"
+    fetch_deb("fonts-noto-color-emoji", font, needs=["usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"],
+              purpose="the emoji trial")
+    table = folder / "package" / "emoji.json"
+    if not table.is_file():
+        name = subprocess.run(["npm", "pack", "emoji-datasource-google@16.0.0", "--pack-destination", str(folder)],
+                              check=True, capture_output=True, text=True).stdout.split()[-1]
+        with tarfile.open(folder / name) as tar:
+            tar.extract("package/emoji.json", folder)
+    return font / "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf", json.loads(table.read_text())
+
+
+def emoji_concept(row: dict, nouns: set) -> str | None:
+    """The first concrete noun among the emoji's short names and the words of its Unicode name."""
+    words = [re.sub(r"\d+$", "", n) for n in row["short_names"] if "_" not in n]
+    name = [w for w in re.split(r"[^a-z]+", (row.get("name") or "").lower()) if w and w not in EMOJI_DROP]
+    if len(name) == 1:
+        words.append(name[0])
+    elif name:
+        words.append(name[-1])
+    return next((w for w in words if w in nouns), None)
+
+
+def add_emoji(table: pd.DataFrame, stamps: Path, folder: Path, nouns: set, weight: float) -> tuple[pd.DataFrame, dict]:
+    """Render the emoji stamps into ``stamps / "emoji"`` and add their rows; the sampling weights of the new concepts."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font_path, rows = emoji_sources(folder)
+    font = ImageFont.truetype(str(font_path), 109)
+    taken = set(table.concept) | set(background_table().concept) | set(SIX)
+    (stamps / "emoji").mkdir(exist_ok=True)
+    new, concepts = [], {}
+    for row in rows:
+        if row["category"] not in EMOJI_GROUPS:
+            continue
+        concept = emoji_concept(row, nouns)
+        if concept is None or concept in taken or concept in EMOJI_SKIP or any(w in SIX for w in row["short_names"]):
+            continue
+        path = f"emoji/{row['unified'].lower()}.png"
+        if not (stamps / path).is_file():
+            image = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+            text = "".join(chr(int(c, 16)) for c in row["unified"].split("-"))
+            ImageDraw.Draw(image).text((0, 0), text, font=font, embedded_color=True)
+            box = image.getbbox()
+            if box is None:
+                continue
+            image.crop(box).save(stamps / path)
+        new.append(dict(path=path, category="emoji", caption=row["name"] or "", kind="photo", concept=concept, reason=""))
+        concepts[concept] = weight
+    return pd.concat([table, pd.DataFrame(new)], ignore_index=True), concepts
+
+
+def merged_stamps(folder: Path) -> Path:
+    """A stamps folder with Tux Paint's folders linked in, for extra stamps beside them."""
+    stamps = folder / "stamps"
+    stamps.mkdir(parents=True, exist_ok=True)
+    for child in (fetch_tuxpaint() / "stamps").iterdir():
+        if not (stamps / child.name).exists():
+            (stamps / child.name).symlink_to(child)
+    return stamps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-images", type=int, default=3000)
     parser.add_argument("--output-dir", default="outputs/clipart_trial")
     parser.add_argument("--sizes", default="100,150,200",
                         help="also train on random subsets of this many of the 287 concepts (the count's effect alone)")
+    parser.add_argument("--emoji", action="store_true", help="add the Noto emoji concepts and a third head")
+    parser.add_argument("--emoji-weight", type=float, default=0.4,
+                        help="an emoji concept's sampling rate relative to a photo concept's")
     args = parser.parse_args()
     n_images = args.n_images
     out = Path(args.output_dir)
@@ -110,7 +199,16 @@ def main() -> None:
 
     spec = ReferenceSpec()
     model = load_target(spec)
-    scenes = build_stamp_scenes(settings=SceneSettings(n_images=n_images, seed=0), stamp_table=table, show_progress=False)
+    emoji, weights, stamps_dir = [], None, None
+    if args.emoji:
+        folder = cache_dir("emoji_trial")
+        stamps_dir = merged_stamps(folder)
+        all_nouns = set(Vocabulary.concrete_nouns(load_word_space(spec.word_space)).words)
+        table, weights = add_emoji(table, stamps_dir, folder, all_nouns - set(clipart), args.emoji_weight)
+        emoji = sorted(weights)
+        log(f"{(table.category == 'emoji').sum()} emoji stamps, {len(emoji)} new concepts: {emoji}")
+    scenes = build_stamp_scenes(settings=SceneSettings(n_images=n_images, seed=0, object_weights=weights),
+                                stamp_table=table, stamps_dir=stamps_dir, show_progress=False)
     dataset = CocoDataset(scenes / "annotations.json", scenes / "images", model.preprocess)
     log(f"scenes {scenes}")
     store = ActivationStore.build(model, pb.LAYER, dataset, show_progress=False)
@@ -126,19 +224,23 @@ def main() -> None:
     nouns = Vocabulary.concrete_nouns(space)
     known = set(space.embed(list(pstore.concepts), missing="skip").names)
     others = [c for c in pstore.concepts if c not in SIX and c in known]
-    base_seen = [c for c in others if c not in set(clipart)]
-    log(f"seen: baseline {len(base_seen)}, with clip-art {len(others)}; clip-art in nouns: "
+    base_seen = [c for c in others if c not in set(clipart) | set(emoji)]
+    with_clipart = [c for c in others if c not in set(emoji)]
+    log(f"seen: baseline {len(base_seen)}, with clip-art {len(with_clipart)}, all {len(others)}; clip-art in nouns: "
         f"{sum(c in set(nouns.words) for c in clipart)}")
 
     rows = []
     rng = np.random.default_rng(0)
-    subsets = [(f"random {k}", sorted(rng.choice(others, size=k, replace=False).tolist()))
+    subsets = [(f"random {k}", sorted(rng.choice(with_clipart, size=k, replace=False).tolist()))
                for k in (int(v) for v in args.sizes.split(",") if v)]
-    for label, seen in (("photo only", base_seen), ("photo + clip-art", others), *subsets):
+    heads = [("photo only", base_seen), ("photo + clip-art", with_clipart), *subsets]
+    if emoji:
+        heads.append(("photo + clip-art + emoji", others))
+    for label, seen in heads:
         for seed in (0, 1):
             config = TrainingConfig(seen=tuple(seen), seed=seed)
             trainer = ExplainerTrainer(pstore, space, config, weak_labels=None, missing="skip", show_progress=False)
-            path = cache / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{n_images}.pt"
+            path = cache / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{n_images}{'_e' if emoji else ''}.pt"
             mapper = pb.cached_mapper(path, pstore, space, trainer.fit)
             log(f"head {label} seed {seed}")
             plain = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))

@@ -5,7 +5,7 @@
 
 It binds to 127.0.0.1 only, prints the URL with its token, and then replaces itself with
 ``python -m jupyter lab`` (same interpreter, so the JupyterLab, widgets extension and kernel of this venv).
-The default kernel is ``lavise-nb`` (the user-level kernelspec that ``make setup`` registers) when it points
+The default kernel is ``lavise-nb`` (the venv's kernelspec that ``make setup`` installs) when it points
 at this interpreter, else ``python3`` (this venv's own, installed with ``--sys-prefix``). ``--allow-root``
 is passed only when running as root. tests/test_browser.py starts JupyterLab through this script.
 """
@@ -35,11 +35,11 @@ def default_kernel() -> tuple[str, str]:
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL)
     except NoSuchKernel:
-        return FALLBACK_KERNEL, f"no {KERNEL!r} kernelspec (make setup registers it); using this venv's {FALLBACK_KERNEL!r}"
+        return FALLBACK_KERNEL, f"no {KERNEL!r} kernelspec (make setup installs it); using this venv's {FALLBACK_KERNEL!r}"
     if spec.argv and _same_python(spec.argv[0]):
         return KERNEL, f"{spec.display_name} ({spec.argv[0]})"
     return FALLBACK_KERNEL, (f"the {KERNEL!r} kernelspec runs {spec.argv[0] if spec.argv else '?'}, not {sys.executable} "
-                             f"(`make lab` registers it again); using this venv's {FALLBACK_KERNEL!r}")
+                             f"(`make setup` installs it in the venv); using this venv's {FALLBACK_KERNEL!r}")
 
 
 def command(args: argparse.Namespace, extra: list[str], kernel: str) -> list[str]:

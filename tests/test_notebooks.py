@@ -1,5 +1,8 @@
 """The notebooks run end to end with papermill (small parameters) and write their results."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +45,23 @@ def test_parameters_are_documented_literals(name):
     tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_notebooks_kernel_runs_this_checkout_over_a_users_stale_one(name, tmp_path):
+    kernel = json.loads((NOTEBOOKS / name).read_text())["metadata"]["kernelspec"]["name"]
+    stale = tmp_path / "kernels" / kernel
+    stale.mkdir(parents=True)  # a user-level spec another checkout left, its venv since deleted
+    (stale / "kernel.json").write_text(json.dumps({"argv": ["/gone/.venv/bin/python", "-m", "ipykernel_launcher",
+                                                            "-f", "{connection_file}"], "language": "python",
+                                                   "display_name": "Python (lavise-nb)"}))
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PREFER_ENV_PATH"}
+    env["JUPYTER_DATA_DIR"] = str(tmp_path)
+    found = subprocess.run([sys.executable, "-c", "from jupyter_client.kernelspec import KernelSpecManager as K; "
+                            f"print(K().get_kernel_spec({kernel!r}).argv[0])"],
+                           env=env, capture_output=True, text=True)
+    assert found.returncode == 0, f"no {kernel!r} kernelspec in the venv (make setup installs it): {found.stderr}"
+    assert os.path.samefile(found.stdout.strip(), sys.executable)
 
 
 @pytest.fixture(scope="module")
