@@ -24,6 +24,7 @@ concepts (photo + clip-art + emoji). Both downloads go to the cache; nothing is 
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -113,6 +114,10 @@ def emoji_sources(folder: Path) -> tuple[Path, list]:
               purpose="the emoji trial")
     table = folder / "package" / "emoji.json"
     if not table.is_file():
+        if shutil.which("npm") is None:
+            raise RuntimeError("--emoji needs npm to fetch emoji-datasource-google's name table: install Node.js "
+                               "(Debian: apt-get install npm), or unpack that package's emoji.json into "
+                               f"{folder / 'package'}")
         name = subprocess.run(["npm", "pack", "emoji-datasource-google@16.0.0", "--pack-destination", str(folder)],
                               check=True, capture_output=True, text=True).stdout.split()[-1]
         with tarfile.open(folder / name) as tar:
@@ -132,7 +137,7 @@ def emoji_concept(row: dict, nouns: set) -> str | None:
 
 
 def add_emoji(table: pd.DataFrame, stamps: Path, folder: Path, nouns: set, weight: float) -> tuple[pd.DataFrame, dict]:
-    """Render the emoji stamps into ``stamps / "emoji"`` and add their rows; the sampling weights of the new concepts."""
+    """Render the emoji stamps into ``stamps / "emoji"`` and add their rows; the new concepts' sampling weights."""
     from PIL import Image, ImageDraw, ImageFont
 
     font_path, rows = emoji_sources(folder)
@@ -155,7 +160,8 @@ def add_emoji(table: pd.DataFrame, stamps: Path, folder: Path, nouns: set, weigh
             if box is None:
                 continue
             image.crop(box).save(stamps / path)
-        new.append(dict(path=path, category="emoji", caption=row["name"] or "", kind="photo", concept=concept, reason=""))
+        new.append(dict(path=path, category="emoji", caption=row["name"] or "", kind="photo", concept=concept,
+                        reason=""))
         concepts[concept] = weight
     return pd.concat([table, pd.DataFrame(new)], ignore_index=True), concepts
 
@@ -240,7 +246,8 @@ def main() -> None:
         for seed in (0, 1):
             config = TrainingConfig(seen=tuple(seen), seed=seed)
             trainer = ExplainerTrainer(pstore, space, config, weak_labels=None, missing="skip", show_progress=False)
-            path = cache / f"mapper_{label.replace(' ', '').replace('+', '_')}_{seed}_{n_images}{'_e' if emoji else ''}.pt"
+            tag = label.replace(" ", "").replace("+", "_")
+            path = cache / f"mapper_{tag}_{seed}_{n_images}{'_e' if emoji else ''}.pt"
             mapper = pb.cached_mapper(path, pstore, space, trainer.fit)
             log(f"head {label} seed {seed}")
             plain = FilterExplainer(pstore, mapper, space, nouns, ExplainSettings(calibrated=False))
