@@ -22,13 +22,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip uv
 	$(VENV)/bin/uv pip install -q --python $(PY) $(UV_FLAGS) $(PACKAGES) || $(PY) -m pip install -q $(PACKAGES)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	$(PY) -m ipykernel install --sys-prefix --name lavise-nb --display-name "Python (lavise-nb)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix $(KERNEL) >/dev/null
 	touch $(STAMP)
 
 # The notebooks' kernel, lavise-nb, lives in the venv: Jupyter run from this venv prefers it over any user-level
 # one, so each checkout's papermill and JupyterLab run its own package. `make lab` also registers it for the user,
 # for a JupyterLab installed elsewhere (that one runs the checkout that last ran `make lab`).
-REGISTER_KERNEL = $(PY) -m ipykernel install --user --name lavise-nb --display-name "Python (lavise-nb)" >/dev/null
+KERNEL := --name lavise-nb --display-name "Python (lavise-nb)"
+REGISTER_KERNEL = $(PY) -m ipykernel install --user $(KERNEL) >/dev/null
 
 # glibc keeps large buffers for reuse (about 2x faster CPU forward passes, more peak memory): lavise_nb/_utils/allocator.py
 FAST_MALLOC := LAVISE_NB_MALLOC=fast

@@ -98,17 +98,15 @@ def _words_by_filter(explanations: pd.DataFrame | None, n_words: int) -> tuple[d
     top, joined, score = {}, {}, {}
     for f, part in table.groupby("filter"):
         words = part["word"].astype(str).tolist()
-        best = part.iloc[0]
         verified = part["verified_word"].dropna() if "verified_word" in part else []
         if len(verified):
-            best = pd.Series({"word": verified.iloc[0]})
-            score[int(f)] = float(part.get("verified_faithfulness", pd.Series([np.nan])).iloc[0])
+            word = verified.iloc[0]
+            value = part["verified_faithfulness"].iloc[0] if "verified_faithfulness" in part else np.nan
         elif "faithfulness" in part and part["faithfulness"].notna().any():
-            best = part.loc[part["faithfulness"].idxmax()]
-            score[int(f)] = float(best["faithfulness"])
+            word, value = part.loc[part["faithfulness"].idxmax(), ["word", "faithfulness"]]
         else:
-            score[int(f)] = float(best["support"]) if "support" in part else np.nan
-        top[int(f)] = str(best["word"])
+            word, value = words[0], part["support"].iloc[0] if "support" in part else np.nan
+        top[int(f)], score[int(f)] = str(word), float(value)
         joined[int(f)] = ", ".join(words[:n_words])
     return top, joined, score
 

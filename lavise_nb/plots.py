@@ -137,42 +137,45 @@ def _image_panel(ax, store, dataset, image: int, filter: int, words: pd.DataFram
                 color=style["color"], fontstyle=style["style"])
 
 
-def _agreement_note(rows: pd.DataFrame) -> str:
-    """The card's line on the filter's coherence (empty when the table has none)."""
+_GOOD, _WARN = "#2e7d32", "#b35900"  # a card line that supports the name, one that questions it
+
+
+def _agreement_note(rows: pd.DataFrame) -> tuple[str, bool]:
+    """The card's line on the filter's coherence (empty when the table has none), and whether it supports the name."""
     if not len(rows) or "coherence" not in rows or rows["coherence"].isna().all():
-        return ""
+        return "", True
     coherence, share = float(rows["coherence"].iloc[0]), float(rows["null_share"].iloc[0])
     if share != share:
-        return f"coherence {coherence:.2f} (no random-direction null)"
+        return f"coherence {coherence:.2f} (no random-direction null)", True
     if share > NULL_LEVEL:
         return (f"no more coherent than random directions of the layer: coherence {coherence:.2f}, "
-                f"{share:.0%} of them as high")
-    return f"coherent: {coherence:.2f}, above all but {share:.0%} of random directions of the layer"
+                f"{share:.0%} of them as high"), False
+    return f"coherent: {coherence:.2f}, above all but {share:.0%} of random directions of the layer", True
 
 
-def _dissection_note(rows: pd.DataFrame) -> str:
-    """The card's line on the closed-vocabulary check (empty when the table has none)."""
+def _dissection_note(rows: pd.DataFrame) -> tuple[str, bool]:
+    """The card's line on the closed-vocabulary check (empty when the table has none), and whether it agrees."""
     if not len(rows) or "dissection_word" not in rows or rows["dissection_word"].isna().all():
-        return ""
+        return "", True
     row = rows.iloc[0]
-    truth = row.get("dissection_faithfulness", np.nan)
+    truth, agrees = row.get("dissection_faithfulness", np.nan), bool(row.get("agrees", False))
     note = (f"best annotated concept over all reference images (Network Dissection): {row['dissection_word']}, "
             f"IoU {row['dissection_iou']:.2f}" + (f", faithfulness {truth:.2f}" if truth == truth else ""))
-    return note + ("; the first word agrees" if bool(row.get("agrees", False)) else "; not the first word")
+    return note + ("; the first word agrees" if agrees else "; not the first word"), agrees
 
 
-def _verified_note(rows: pd.DataFrame) -> str:
-    """The card's line on the best-supported word (empty when the table has none)."""
+def _verified_note(rows: pd.DataFrame) -> tuple[str, bool]:
+    """The card's line on the best-supported word (empty when the table has none), and whether it is the first."""
     if not len(rows) or "verified_word" not in rows or rows["verified_word"].isna().all():
-        return ""
+        return "", True
     row = rows.dropna(subset=["verified_word"]).iloc[0]
     truth, source = row.get("verified_faithfulness", np.nan), {"dissection": "the label"}.get(row["verified_from"],
                                                                                           "the words")
     first = rows.loc[rows["rank"] == 1, "word"]
-    same = len(first) and first.iloc[0] == row["verified_word"]
+    same = bool(len(first)) and first.iloc[0] == row["verified_word"]
     return (f"best supported on probe scenes (of {source}): {row['verified_word']}"
             + (f", faithfulness {truth:.2f} on other scenes" if truth == truth else "")
-            + ("; the first word" if same else "; not the first word"))
+            + ("; the first word" if same else "; not the first word")), same
 
 
 def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.DataFrame | None, filter: int,
@@ -229,11 +232,11 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     rows = _one_filter(explanations, filter, layer)
     words = _one_filter(image_words, filter, layer)
     images = store.top_indices(n_images, [filter])[0]
-    n, dissection, verified = len(images), _dissection_note(rows), _verified_note(rows)
+    n, checks = len(images), [note for note in (_dissection_note(rows), _verified_note(rows)) if note[0]]
     fig = _new_figure(fig, figsize=(max(8.0, 1.9 * n), 3.2 + 0.28 * top_words + 0.2 * n_words))
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 0.14 * top_words + 0.25], hspace=0.12 + 0.08 * n_words,
                             left=0.2 if n <= 3 else 0.12, right=0.97, bottom=0.07,
-                            top=0.86 - 0.035 * (bool(dissection) + bool(verified)))
+                            top=0.86 - 0.035 * len(checks))
     for rank, image in enumerate(images, 1):
         _image_panel(fig.add_subplot(grid[0, rank - 1]), store, dataset, int(image), filter, words, n_words,
                      rank, cmap)
@@ -283,16 +286,11 @@ def filter_card(store, dataset, explanations: pd.DataFrame, image_words: pd.Data
     fig.text(0.01, 0.945, f"top {n} images; yellow outline: activation > threshold "
                           f"{float(store.thresholds[filter]):.2f}; words under each image: that image's own top "
                           f"{n_words}", fontsize=8, va="top", color="#444444")
-    agreement = _agreement_note(rows)
+    agreement, coherent = _agreement_note(rows)
     if agreement:
-        fig.text(0.01, 0.91, agreement, fontsize=8, va="top",
-                 color="#b35900" if agreement.startswith("no more") else "#2e7d32")
-    if dissection:
-        fig.text(0.01, 0.88, dissection, fontsize=8, va="top",
-                 color="#2e7d32" if dissection.endswith("agrees") else "#b35900")
-    if verified:
-        fig.text(0.01, 0.88 - 0.03 * bool(dissection), verified, fontsize=8, va="top",
-                 color="#2e7d32" if verified.endswith("; the first word") else "#b35900")
+        fig.text(0.01, 0.91, agreement, fontsize=8, va="top", color=_GOOD if coherent else _WARN)
+    for k, (text, supports) in enumerate(checks):
+        fig.text(0.01, 0.88 - 0.03 * k, text, fontsize=8, va="top", color=_GOOD if supports else _WARN)
     return fig
 
 

@@ -118,8 +118,13 @@ def emoji_sources(folder: Path) -> tuple[Path, list]:
             raise RuntimeError("--emoji needs npm to fetch emoji-datasource-google's name table: install Node.js "
                                "(Debian: apt-get install npm), or unpack that package's emoji.json into "
                                f"{folder / 'package'}")
-        name = subprocess.run(["npm", "pack", "emoji-datasource-google@16.0.0", "--pack-destination", str(folder)],
-                              check=True, capture_output=True, text=True).stdout.split()[-1]
+        done = subprocess.run(["npm", "pack", "emoji-datasource-google@16.0.0", "--pack-destination", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"npm pack emoji-datasource-google failed (offline? it needs the npm registry): "
+                               f"{done.stderr.strip()[-300:]}; or unpack that package's emoji.json into "
+                               f"{folder / 'package'}")
+        name = done.stdout.split()[-1]
         with tarfile.open(folder / name) as tar:
             tar.extract("package/emoji.json", folder)
     return font / "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf", json.loads(table.read_text())
